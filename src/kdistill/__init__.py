@@ -1,0 +1,3 @@
+"""kdistill: knowledge distillation toolkit (teacher -> student) in PyTorch."""
+
+__version__ = "0.1.0"

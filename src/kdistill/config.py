@@ -1,0 +1,276 @@
+"""Typed run configuration: dataclasses, YAML loading, dotted ``--set`` overrides.
+
+A run is described by one :class:`Config`. YAML files hold literals only; every key is checked
+against the schema (an unknown key fails with the list of valid ones, a value of the wrong type
+fails with the expected type). The ``method`` section is typed by the chosen method: each method
+registers its own dataclass of hyperparameters (``kdistill.methods``), so ``method.temperature``
+is valid for ``kd`` and an error for ``ce``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message says which and what is allowed."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, how it is split, augmented and batched."""
+
+    name: str = "fashion_mnist"
+    root: str | None = None  # where the files are; None = the dataset's default locations
+    augment: str = "none"  # train transform preset (see `kdistill datasets`)
+    image_size: int | None = None  # resize images to this side length (None = native size)
+    val_size: int | None = None  # samples carved from train for validation when the dataset has no val split (None = dataset default, 0 = none)
+    train_subset: int | None = None  # use a seeded random subset of N training samples (quick runs)
+    test_subset: int | None = None  # evaluate on a seeded random subset of N val/test samples
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    num_workers: int = 0
+    download: bool = False  # allow torchvision to download missing files (needs a connection)
+
+
+@dataclass
+class ModelConfig:
+    """A network: a registry name (zoo, ``timm:<name>``, ``torchvision:<name>``) plus its options."""
+
+    name: str = "mlp"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # builder arguments, e.g. {hidden: [512]}
+    pretrained: bool = False  # load the library's pretrained weights (timm / torchvision)
+    checkpoint: str | None = None  # a kdistill run dir/.pt, a plain state dict, or .safetensors
+    sha256: str | None = None  # if set, the checkpoint file must have this digest
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's hyperparameter dataclass; ``name`` picks the method."""
+
+    name: str = "ce"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw | adam
+    lr: float = 0.05
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 5e-4  # decoupled for adamw, L2 for sgd/adam
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam/adamw only
+    clip_grad_norm: float | None = None  # clip the global gradient norm to this value
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning rate per optimisation step: linear warmup, then constant, step or cosine decay."""
+
+    name: str = "step"  # constant | step | cosine
+    warmup_epochs: float = 0.0  # linear warmup from 0 (converted to steps); or use warmup_steps
+    warmup_steps: int = 0
+    milestones: list[int] = field(default_factory=list)  # step schedule: epochs at which lr *= gamma
+    gamma: float = 0.1
+    min_lr: float = 0.0  # cosine floor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # mixed precision on CUDA (bf16)
+    channels_last: bool = False
+    eval_every: int = 1  # evaluate val/test every K epochs (and always after the last)
+    checkpoint_every: int = 1  # write last.pt every K epochs (and always after the last)
+    keep_checkpoints: int = 0  # also keep the newest N per-epoch checkpoints (0 = only last/best)
+    max_steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests)
+    cache_teacher_outputs: bool = True  # compute teacher logits once when training data is not augmented
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; see README)
+    progress: bool = True  # progress bars
+
+
+@dataclass
+class Config:
+    """Everything one run needs; ``fit(config)`` reads nothing else."""
+
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ModelConfig | None = None
+    extra_teachers: list[ModelConfig] = field(default_factory=list)  # multi-teacher methods
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def teachers(self) -> list[ModelConfig]:
+        return ([self.teacher] if self.teacher is not None else []) + list(self.extra_teachers)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _method_config_class(name: str) -> type[MethodConfig]:
+    from kdistill.methods import METHODS  # late import: methods import this module
+
+    try:
+        return METHODS.get(name).Config
+    except KeyError as error:
+        raise ConfigError(f"method.name: {error.args[0]}") from None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it in that type."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_convert(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if cls is MethodConfig or (isinstance(cls, type) and issubclass(cls, MethodConfig) and "name" in data):
+        cls = _method_config_class(str(data.get("name", "ce")))
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [key for key in data if key not in names]
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys{' of ' + where if where else ''}: {', '.join(names)}"
+        )
+    kwargs = {key: _convert(value, hints[key], f"{where}.{key}" if where else key) for key, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.epochs=3"`` -> ``("train.epochs", 3)``; the value is parsed as a YAML literal."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {text!r}: value is not a YAML literal ({error})") from None
+    return key.strip(), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
+    """Load a YAML file (or start from ``base`` / the defaults), apply overrides, validate."""
+    data: dict[str, Any] = copy.deepcopy(base) if base else {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = _deep_merge(data, loaded)
+    data = apply_overrides(data, overrides)
+    return from_dict(Config, data)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "method":
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def replace(config: Config, overrides: list[str]) -> Config:
+    """A new validated config with dotted overrides applied (the original is untouched)."""
+    return from_dict(Config, apply_overrides(to_dict(config), overrides))

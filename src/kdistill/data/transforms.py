@@ -1,0 +1,131 @@
+"""Per-sample transform presets (``data.augment``) and an in-memory image dataset.
+
+Each preset maps (image size, native size, mean, std) to a (train, eval) pair of torchvision v2
+transforms taking a uint8 image (tensor (C, H, W) or PIL) to a normalised float tensor (C, H, W).
+
+- ``none``: resize if asked, normalise (train = eval).
+- ``crop_flip``: random crop with padding size/8 + horizontal flip (the CIFAR recipe at any size).
+- ``cifar``: RandomCrop(32, padding=4) + flip, as in the CRD / RepDistiller / SimKD recipe.
+- ``imagenet``: RandomResizedCrop(size) + flip; eval: resize to size/0.875, centre crop.
+- ``inception``: Inception-style crop (area 8%-100%, aspect 3/4-4/3) + flip; eval as imagenet.
+- ``resize_crop``: resize to 1.25x then random crop + flip (seed 000's Keras recipe: 160 -> 128);
+  eval: central crop of 0.875 then resize (seed 000).
+
+Batch-level augmentation (mixup, crops on the device) belongs to methods (``Method.augment_batch``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from kdistill.config import ConfigError
+from kdistill.registry import Registry
+
+Transform = Callable[..., Tensor]
+PresetBuilder = Callable[[int, int, tuple[float, ...], tuple[float, ...]], tuple[Transform, Transform]]
+PRESETS: Registry[PresetBuilder] = Registry("augmentation preset")
+
+
+def _finish(mean, std) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+
+def _eval_transform(size: int, native: int, mean, std) -> Transform:
+    resize = [v2.Resize(size, antialias=True)] if size != native else []
+    return v2.Compose([v2.ToImage(), *resize, *_finish(mean, std)])
+
+
+def _central_eval(size: int, mean, std) -> Transform:
+    return v2.Compose(
+        [v2.ToImage(), v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size), *_finish(mean, std)]
+    )
+
+
+@PRESETS.register("none")
+def preset_none(size: int, native: int, mean, std):
+    transform = _eval_transform(size, native, mean, std)
+    return transform, transform
+
+
+@PRESETS.register("crop_flip")
+def preset_crop_flip(size: int, native: int, mean, std):
+    resize = [v2.Resize(size, antialias=True)] if size != native else []
+    train = v2.Compose(
+        [v2.ToImage(), *resize, v2.RandomCrop(size, padding=max(1, size // 8)), v2.RandomHorizontalFlip(), *_finish(mean, std)]
+    )
+    return train, _eval_transform(size, native, mean, std)
+
+
+@PRESETS.register("cifar")
+def preset_cifar(size: int, native: int, mean, std):
+    if size != 32:
+        raise ConfigError(f"augment 'cifar' is the 32x32 recipe; image_size is {size} (use 'crop_flip')")
+    train = v2.Compose([v2.ToImage(), v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *_finish(mean, std)])
+    return train, _eval_transform(32, native, mean, std)
+
+
+@PRESETS.register("imagenet")
+def preset_imagenet(size: int, native: int, mean, std):
+    train = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), *_finish(mean, std)])
+    return train, _central_eval(size, mean, std)
+
+
+@PRESETS.register("inception")
+def preset_inception(size: int, native: int, mean, std):
+    crop = v2.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True)
+    train = v2.Compose([v2.ToImage(), crop, v2.RandomHorizontalFlip(), *_finish(mean, std)])
+    return train, _central_eval(size, mean, std)
+
+
+@PRESETS.register("resize_crop")
+def preset_resize_crop(size: int, native: int, mean, std):
+    bigger = round(size * 1.25)
+    train = v2.Compose(
+        [v2.ToImage(), v2.Resize((bigger, bigger), antialias=True), v2.RandomCrop(size), v2.RandomHorizontalFlip(), *_finish(mean, std)]
+    )
+    evaluate = v2.Compose(
+        [v2.ToImage(), v2.CenterCrop(round(native * 0.875)), v2.Resize((size, size), antialias=True), *_finish(mean, std)]
+    )
+    return train, evaluate
+
+
+def build_transforms(preset: str, image_size: int | None, native_size: int, mean, std) -> tuple[Transform, Transform]:
+    try:
+        builder = PRESETS.get(preset)
+    except KeyError as error:
+        raise ConfigError(f"data.augment: {error.args[0]}") from None
+    return builder(image_size or native_size, native_size, tuple(mean), tuple(std))
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as uint8 (N, C, H, W) with int labels.
+
+    Without a random transform the whole set is converted once (fast path for small data).
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Transform, random: bool) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        self.labels = labels.to(torch.int64)
+        self.transform = transform
+        self.images = images
+        self.prepared: Tensor | None = None
+        if not random:
+            self.prepared = _apply_batched(transform, images)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, index: int):
+        image = self.prepared[index] if self.prepared is not None else self.transform(self.images[index])
+        return image, self.labels[index]
+
+
+def _apply_batched(transform: Transform, images: Tensor) -> Tensor:
+    """Apply a deterministic v2 transform to a whole uint8 batch (v2 transforms accept (N, C, H, W))."""
+    return torch.cat([transform(chunk) for chunk in images.split(8192)], 0)
