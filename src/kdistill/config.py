@@ -48,7 +48,7 @@ class DataConfig:
 class ModelConfig:
     """A network: a registry name (zoo, ``timm:<name>``, ``torchvision:<name>``) plus its options."""
 
-    name: str = "mlp"
+    name: str = ""  # empty: take the architecture recorded in a kdistill checkpoint
     kwargs: dict[str, Any] = field(default_factory=dict)  # builder arguments, e.g. {hidden: [512]}
     pretrained: bool = False  # load the library's pretrained weights (timm / torchvision)
     checkpoint: str | None = None  # a kdistill run dir/.pt, a plain state dict, or .safetensors
@@ -111,7 +111,7 @@ class Config:
     student: ModelConfig = field(default_factory=ModelConfig)
     teacher: ModelConfig | None = None
     extra_teachers: list[ModelConfig] = field(default_factory=list)  # multi-teacher methods
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=lambda: _method_config_class("ce")())
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -95,6 +95,7 @@ class Method(nn.Module):
     requires_teacher: ClassVar[bool] = True  # False for label-only, online and self-distillation methods
     max_teachers: ClassVar[int | None] = 1  # None = any number (multi-teacher methods)
     teacher_outputs_cacheable: ClassVar[bool] = False  # True if only the teachers' logits are used
+    uses_labels: ClassVar[bool] = True  # False: the loss never reads targets (train accuracy is not logged)
 
     def __init__(self, student: nn.Module, teachers: list[nn.Module], config: MethodConfig, info: DataInfo) -> None:
         super().__init__()

@@ -1,0 +1,50 @@
+"""The deployable student: written at the end of every run as ``student.pt``, read back by ``load_student``.
+
+``student.pt`` holds the weights of ``method.student_for_export()`` (for SimKD: encoder + projector +
+the reused teacher classifier) with the resolved run config, so it is self-contained: the teachers'
+own checkpoints are not needed to load it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from kdistill.config import Config, from_dict, to_dict
+from kdistill.engine.checkpoint import atomic_save
+from kdistill.methods.base import DataInfo, Method
+from kdistill.models.loading import STUDENT_KIND, CheckpointError, read_checkpoint
+
+
+def save_student(method: Method, config: Config, info: DataInfo, path: str | Path) -> None:
+    module = method.student_for_export()
+    atomic_save(
+        {
+            "kind": STUDENT_KIND,
+            "method": config.method.name,
+            # A plain architecture record when the export is the student itself (reloadable as a teacher).
+            "student_spec": getattr(module, "kdistill_spec", None),
+            "config": to_dict(config),
+            "num_classes": info.num_classes,
+            "input_shape": list(info.input_shape),
+            "num_train": info.num_train,
+            "state_dict": module.state_dict(),
+        },
+        path,
+    )
+
+
+def load_student(path: str | Path) -> tuple[nn.Module, Config, DataInfo]:
+    """Rebuild the exported student (any method) from ``student.pt`` and load its weights."""
+    from kdistill.engine.loop import build_method
+
+    payload = read_checkpoint(path)
+    if not isinstance(payload, dict) or payload.get("kind") != STUDENT_KIND:
+        raise CheckpointError(f"{path} is not a kdistill student export (student.pt)")
+    config = from_dict(Config, payload["config"])
+    info = DataInfo(payload["num_classes"], tuple(payload["input_shape"]), payload["num_train"])
+    method = build_method(config, info, load_weights=False)  # architecture only; weights follow
+    module = method.student_for_export()
+    module.load_state_dict(payload["state_dict"])
+    return module.eval(), config, info

@@ -1,0 +1,97 @@
+"""Run directories: the one record of a run that reports and resumes read.
+
+``runs/<name>/`` holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON line per epoch with
+losses by term, lr, accuracies, fidelity, time), ``last.pt`` / ``best.pt`` (atomic), ``student.pt``
+(the deployable student) and ``summary.json``. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kdistill.config import Config, ConfigError, dump_config, load_config
+from kdistill.engine.checkpoint import atomic_write_text
+from kdistill.engine.distributed import is_main_process
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def for_config(cls, config: Config, resume: bool, overwrite: bool) -> "RunDir":
+        run = cls(Path(config.output_dir) / config.name)
+        if is_main_process():
+            if run.path.exists() and any(run.path.iterdir()) and not resume:
+                if not overwrite:
+                    raise ConfigError(
+                        f"run directory {run.path} already exists: pass --resume to continue it, "
+                        f"--overwrite to replace it, or --set name=<new name>"
+                    )
+                shutil.rmtree(run.path)
+            run.path.mkdir(parents=True, exist_ok=True)
+            if resume and (run.path / "config.yaml").exists():
+                run.check_same_config(config)
+            dump_config(config, run.path / "config.yaml")
+        return run
+
+    def check_same_config(self, config: Config) -> None:
+        """Resuming with a different recipe would silently mix two runs: refuse it."""
+        from kdistill.config import to_dict
+
+        saved = to_dict(load_config(self.path / "config.yaml"))
+        current = to_dict(config)
+        ignore = {("train", "progress"), ("data", "num_workers")}
+        diffs = []
+        for section, value in current.items():
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if (section, key) not in ignore and saved.get(section, {}).get(key) != item:
+                        diffs.append(f"{section}.{key}: {saved.get(section, {}).get(key)!r} -> {item!r}")
+            elif saved.get(section) != value:
+                diffs.append(f"{section}: {saved.get(section)!r} -> {value!r}")
+        if diffs:
+            raise ConfigError(f"--resume with a config that differs from {self.path / 'config.yaml'}: " + "; ".join(diffs))
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        if is_main_process():
+            with open(self.path / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(_finite(record)) + "\n")
+
+    def truncate_metrics_after(self, epoch: int) -> None:
+        """On resume, drop lines of epochs the checkpoint does not contain (written after it)."""
+        path = self.path / "metrics.jsonl"
+        if is_main_process() and path.exists():
+            lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
+            atomic_write_text("".join(line + "\n" for line in lines), path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if is_main_process():
+            atomic_write_text(json.dumps(_finite(summary), indent=2) + "\n", self.path / "summary.json")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    metrics = path / "metrics.jsonl" if path.is_dir() else path
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+
+
+def read_summary(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "summary.json").read_text())
+
+
+def _finite(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: store non-finite floats as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
