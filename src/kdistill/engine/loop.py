@@ -124,16 +124,17 @@ def predict(
 
 @torch.no_grad()
 def evaluate(
-    method: Method, loader: DataLoader, device: torch.device, teacher_logits: Tensor | None = None, amp: bool = False
+    model: nn.Module, loader: DataLoader, device: torch.device, teacher_logits: Tensor | None = None, amp: bool = False
 ) -> dict[str, float]:
-    """Top-1/top-5 accuracy and CE loss of the deployable student; with ``teacher_logits`` (N, K)
-    also the fidelity metrics of Beyer et al.: top-1 agreement with the teacher and mean KL(teacher || student)."""
-    method.eval()
+    """Top-1/top-5 accuracy and CE loss of ``model`` (a method: its deployable student); with
+    ``teacher_logits`` (N, K) also the fidelity metrics of Beyer et al.: top-1 agreement with the
+    teacher and mean KL(teacher || student)."""
+    model.eval()
     totals = {"loss": 0.0, "correct": 0.0, "correct5": 0.0, "agree": 0.0, "kl": 0.0, "count": 0.0}
     for batch in loader:
         batch = batch.to(device)
         with autocast(device, amp):
-            logits = method(batch.inputs).float()  # (B, K)
+            logits = model(batch.inputs).float()  # (B, K)
         totals["loss"] += F.cross_entropy(logits, batch.targets, reduction="sum").item()
         totals["correct"] += (logits.argmax(1) == batch.targets).sum().item()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
@@ -262,8 +263,18 @@ def load_method_state(method: Method, state: dict[str, Tensor]) -> None:
         )
 
 
-def fit(config: Config, resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``config`` to the end (or continue it with ``resume``) and return its summary."""
+def fit(
+    config: Config,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    stop_after_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` to the end (or continue it with ``resume``) and return its summary.
+
+    ``stop_after_epochs`` ends this call after that many completed epochs (the schedule still spans
+    ``train.epochs``; a later ``resume=True`` call continues exactly), for time-limited jobs.
+    """
     started = time.time()
     device = resolve_device(config.train.device)
     init_from_environment(device)
@@ -321,7 +332,8 @@ def fit(config: Config, resume: bool = False, overwrite: bool = False, log: Call
             teacher_cache = predict(method.teacher_logits, plain_loader, device, config.train.amp)[0]
 
     last_eval: dict[str, float] = {}
-    for epoch in range(start_epoch, config.train.epochs):
+    end_epoch = config.train.epochs if stop_after_epochs is None else min(config.train.epochs, stop_after_epochs)
+    for epoch in range(start_epoch, end_epoch):
         epoch_start = time.time()
         train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
         train_loader.generator.manual_seed(config.seed * 1_000_003 + epoch)  # type: ignore[union-attr]
@@ -332,7 +344,7 @@ def fit(config: Config, resume: bool = False, overwrite: bool = False, log: Call
                             _epoch_generator(config.seed, epoch, device), teacher_cache)
         )
         record["train_time_s"] = time.time() - epoch_start
-        is_last = epoch + 1 == config.train.epochs
+        is_last = epoch + 1 == end_epoch
         if is_last or (epoch + 1) % config.train.eval_every == 0:
             for split, loader in eval_loaders.items():
                 for key, value in evaluate(method, loader, device, teacher_eval_logits.get(split), config.train.amp).items():
@@ -353,6 +365,9 @@ def fit(config: Config, resume: bool = False, overwrite: bool = False, log: Call
                 for old in sorted(run.path.glob("epoch_*.pt"))[: -config.train.keep_checkpoints]:
                     old.unlink()
 
+    if end_epoch < config.train.epochs:
+        log(f"stopped after epoch {end_epoch} of {config.train.epochs}; continue with resume")
+        return {"name": config.name, "run_dir": str(run.path), "completed_epochs": end_epoch, "finished": False}
     if is_main_process():
         save_student(method, config, info, run.path / "student.pt")
     summary = {

@@ -1,0 +1,188 @@
+"""Command line: ``kdistill train | distill | eval | demo | report | models | datasets``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+CONFIG_HELP = (
+    "YAML config file (see configs/). Every key can also be set with --set; without a file the "
+    "defaults of kdistill.config.Config apply."
+)
+SET_HELP = (
+    "override one config value, dotted key = YAML literal, e.g. --set train.epochs=3 "
+    "--set student.kwargs='{hidden: [256]}'. Repeatable. Types are checked and unknown keys are "
+    "rejected with the list of valid ones."
+)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help=CONFIG_HELP)
+    parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    parser.add_argument("--resume", action="store_true", help="continue the run in <output_dir>/<name> from its last.pt (exact: optimizer, schedule, epoch and RNG state are restored)")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run directory of the same name first")
+    parser.add_argument("--trials", type=int, default=1, help="repeat with this many consecutive seeds (runs named <name>-seed<N>) and print mean ± std (default 1)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit without training")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdistill",
+        description="Knowledge distillation: train teachers, distil students, evaluate and report. "
+        "Every run writes <output_dir>/<name>/ with config.yaml, metrics.jsonl, last.pt, best.pt, student.pt, summary.json.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a teacher or a baseline student on labels (method ce)",
+                                description="Train a model on labels only (the `ce` method, or another label-only method).")
+    _add_run_options(train)
+    distill = commands.add_parser("distill", help="distil a student from one or more teachers",
+                                  description="Train the student from the teacher(s) with the configured method (kd, funmatch, simkd, ...).")
+    _add_run_options(distill)
+
+    evaluate = commands.add_parser("eval", help="accuracy (top-1/top-5) and loss of a run's student on a split",
+                                   description="Evaluate a run directory (its student.pt, else best.pt), a student.pt, or a best.pt/last.pt.")
+    evaluate.add_argument("checkpoint", help="run directory or checkpoint file")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
+    evaluate.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the run's data settings, e.g. --set data.root=/data")
+    evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+    demo = commands.add_parser("demo", help="seed 002's story on Fashion-MNIST: teacher CNN, MLP alone, MLP + KD, table",
+                               description="Train a CNN teacher, an MLP student alone and an MLP student with Hinton KD on "
+                               "Fashion-MNIST, then print the comparison table (about 3 minutes on 2 CPU cores).")
+    demo.add_argument("--trials", type=int, default=3, help="seeds per student (mean ± std over them; default 3)")
+    demo.add_argument("--teacher-epochs", type=int, default=4, help="epochs of the CNN teacher (default 4)")
+    demo.add_argument("--student-epochs", type=int, default=10, help="epochs of each student run (default 10)")
+    demo.add_argument("--temperature", type=float, default=10.0, help="KD temperature T (default 10, seed 002's best)")
+    demo.add_argument("--kd-weight", type=float, default=0.5, help="lambda: loss = (1-lambda) CE + lambda T^2 KL (default 0.5, seed 002)")
+    demo.add_argument("--train-subset", type=int, default=None, help="train on a random subset of N images (quicker)")
+    demo.add_argument("--output-dir", default="runs/demo", help="where the run directories go (default runs/demo)")
+    demo.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any config value of all demo runs, e.g. --set train.device=cuda")
+
+    report = commands.add_parser("report", help="table (mean ± std over seeds) and plot from run directories",
+                                 description="Group run directories by name (without -seedN) and print last-epoch and best-by-validation test accuracy.")
+    report.add_argument("runs", nargs="+", help="run directories")
+    report.add_argument("--baseline", help="run name (without -seedN) to compute gains against")
+    report.add_argument("--plot", metavar="METRIC", help="also plot this metrics.jsonl column per epoch (e.g. test_acc)")
+    report.add_argument("--out", default="report.png", help="plot file (default report.png)")
+
+    models = commands.add_parser("models", help="list the model zoo (name, family, parameters, source)")
+    models.add_argument("--num-classes", type=int, default=100, help="classes for the parameter count (default 100)")
+    models.add_argument("--input-shape", default="3,32,32", help="C,H,W for the parameter count (default 3,32,32)")
+    commands.add_parser("datasets", help="list the datasets and how to get each")
+    commands.add_parser("methods", help="list the distillation methods and their options")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kdistill import api
+    from kdistill.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        from kdistill.config import to_dict
+
+        print(yaml.safe_dump(to_dict(config), sort_keys=False))
+        return 0
+    runner = api.train if args.command == "train" else api.distill
+    if args.trials > 1:
+        summaries = api.run_trials(config, args.trials, overwrite=args.overwrite, resume=args.resume, runner=runner)
+        print(api.runs_table([s["run_dir"] for s in summaries]))
+    else:
+        summary = runner(config, resume=args.resume, overwrite=args.overwrite)
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    from kdistill.config import ModelConfig
+    from kdistill.models import MODEL_INFO, MODELS, build_model, count_parameters
+    from kdistill.report.tables import markdown_table
+
+    shape = tuple(int(v) for v in args.input_shape.split(","))
+    rows = []
+    for name in MODELS.names():
+        try:
+            parameters = f"{count_parameters(build_model(ModelConfig(name=name), args.num_classes, shape)):,}"
+        except (ValueError, RuntimeError) as error:
+            parameters = f"n/a at {args.input_shape} ({error})"
+        rows.append([name, MODEL_INFO[name]["family"], parameters, MODEL_INFO[name]["source"]])
+    print(markdown_table(["model", "family", f"parameters ({args.num_classes} classes)", "source"], rows))
+    print("\nOutside models: timm:<name> (e.g. timm:resnetv2_50x1_bit) and torchvision:<name> (e.g. torchvision:resnet18).")
+    return 0
+
+
+def _list_datasets() -> int:
+    from kdistill.data import DATASET_INFO
+    from kdistill.report.tables import markdown_table
+
+    rows = [[name, info["description"], info["how_to_get"]] for name, info in sorted(DATASET_INFO.items())]
+    print(markdown_table(["dataset", "description", "how to get it"], rows))
+    return 0
+
+
+def _list_methods() -> int:
+    import dataclasses
+
+    from kdistill.methods import METHODS
+    from kdistill.report.tables import markdown_table
+
+    rows = []
+    for name in METHODS.names():
+        method = METHODS.get(name)
+        options = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(method.Config) if f.name != "name")
+        first_line = (method.__doc__ or "").strip().splitlines()[0] if method.__doc__ else ""
+        rows.append([name, first_line, options or "-"])
+    print(markdown_table(["method", "what it does", "options (defaults)"], rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from kdistill.config import ConfigError
+    from kdistill.data import DatasetNotFoundError
+    from kdistill.engine.loop import TrainingDivergedError
+    from kdistill.models.loading import CheckpointError
+
+    try:
+        if args.command in ("train", "distill"):
+            return _run(args)
+        if args.command == "eval":
+            from kdistill import api
+
+            print(json.dumps(api.evaluate_checkpoint(args.checkpoint, args.split, args.overrides, args.device), indent=2))
+            return 0
+        if args.command == "demo":
+            from kdistill import api
+
+            api.demo(args.output_dir, args.trials, args.teacher_epochs, args.student_epochs, args.temperature,
+                     args.kd_weight, args.train_subset, args.overrides)
+            return 0
+        if args.command == "report":
+            from kdistill.report.tables import plot_metric, runs_table
+
+            print(runs_table(args.runs, args.baseline))
+            if args.plot:
+                print(f"plot: {plot_metric(args.runs, args.plot, Path(args.out))}")
+            return 0
+        if args.command == "models":
+            return _list_models(args)
+        if args.command == "datasets":
+            return _list_datasets()
+        if args.command == "methods":
+            return _list_methods()
+    except (ConfigError, CheckpointError, DatasetNotFoundError, TrainingDivergedError) as error:
+        print(f"kdistill {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kdistill {args.command}: interrupted; `--resume` continues from the last completed epoch", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reports from run directories: tables (mean ± std), plots, parameter accounting."""

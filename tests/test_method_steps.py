@@ -1,0 +1,50 @@
+"""One training step of every registered method on tiny models: the teacher gets no gradient and
+does not change, the student (and the method's own modules) do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdistill.config import ModelConfig
+from kdistill.methods import METHODS, Batch, DataInfo
+from kdistill.models import build_model
+
+INPUT_SHAPE = (1, 16, 16)
+INFO = DataInfo(num_classes=5, input_shape=INPUT_SHAPE, num_train=64)
+TEACHER = ModelConfig(name="cnn", kwargs={"channels": [8, 16], "padding": 1, "batch_norm": True, "head": "avg"})
+STUDENT = ModelConfig(name="cnn", kwargs={"channels": [4, 8], "padding": 1, "batch_norm": True, "head": "avg"})
+
+
+def make_batch(size: int = 8) -> Batch:
+    generator = torch.Generator().manual_seed(0)
+    return Batch(
+        inputs=torch.randn(size, *INPUT_SHAPE, generator=generator),
+        targets=torch.randint(0, INFO.num_classes, (size,), generator=generator),
+        indices=torch.arange(size),
+    )
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_one_step_trains_the_student_and_not_the_teacher(name):
+    torch.manual_seed(0)
+    method_cls = METHODS.get(name)
+    teachers = [build_model(TEACHER, INFO.num_classes, INPUT_SHAPE)] if method_cls.requires_teacher else []
+    student = build_model(STUDENT, INFO.num_classes, INPUT_SHAPE)
+    method = method_cls(student, teachers, method_cls.Config(), INFO)
+    method.train()
+    teacher_before = [p.detach().clone() for t in method.teachers for p in t.parameters()]
+    student_before = [p.detach().clone() for p in method.student.parameters()]
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.1)
+    batch = method.augment_batch(make_batch(), torch.Generator().manual_seed(1))
+    output = method.training_step(batch)
+    assert output.logits.shape == (8, INFO.num_classes)
+    assert output.losses and all(v.dim() == 0 and torch.isfinite(v) for v in output.losses.values())
+    output.loss.backward()
+    assert all(p.grad is None for t in method.teachers for p in t.parameters()), "teacher received gradients"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.student.parameters()), "student got no gradient"
+    optimizer.step()
+    assert all(torch.equal(a, p) for a, p in zip(teacher_before, (p for t in method.teachers for p in t.parameters())))
+    assert any(not torch.equal(a, p) for a, p in zip(student_before, method.student.parameters()))
+    for teacher in method.teachers:
+        assert not teacher.training, "teachers must stay in eval mode"
