@@ -77,7 +77,7 @@ class OptimConfig:
 class ScheduleConfig:
     """Learning rate per optimisation step: linear warmup, then constant, step or cosine decay."""
 
-    name: str = "step"  # constant | step | cosine
+    name: str = "cosine"  # constant | step | cosine
     warmup_epochs: float = 0.0  # linear warmup from 0 (converted to steps); or use warmup_steps
     warmup_steps: int = 0
     milestones: list[int] = field(default_factory=list)  # step schedule: epochs at which lr *= gamma

@@ -1,0 +1,32 @@
+# kdistill: `make demo` runs a real distillation on Fashion-MNIST; `make test` runs the test suite.
+# Both create (or reuse) the virtual environment in .venv and install what they need.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test venv data clean
+
+venv: $(VENV)/.installed
+
+# torch and torchvision are pinned as a matched pair (torchvision 0.29 requires torch 2.14).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Fashion-MNIST from Debian's package where apt is available (no download needed at run time).
+data:
+	@sh scripts/get-fashion-mnist.sh
+
+demo: venv data
+	$(VENV)/bin/kdistill demo $(if $(wildcard $(FASHION_DIR)/train-images-idx3-ubyte.gz),,--set data.download=true) $(ARGS)
+
+test: venv data
+	$(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

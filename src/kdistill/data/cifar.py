@@ -1,0 +1,183 @@
+"""CIFAR-10 and CIFAR-100 from the official python-pickle batches.
+
+Files: ``cifar-10-batches-py/data_batch_1..5``, ``test_batch``, ``batches.meta`` and
+``cifar-100-python/train``, ``test``, ``meta`` (the archives at https://www.cs.toronto.edu/~kriz/cifar.html,
+which is also the layout torchvision's ``CIFAR10`` / ``CIFAR100`` download to). They are read with
+:mod:`pickle` directly (``encoding="bytes"``: the batches are Python 2 pickles) and held in memory
+as uint8 (N, 3, 32, 32). Looked for in ``data.root`` (the batch folder itself or its parent, i.e. a
+torchvision root), then ``~/.cache/kdistill``; with ``data.download: true`` torchvision downloads
+them there.
+
+Splits: 50,000 train / 10,000 test. Neither has an official validation split, so
+:func:`kdistill.data.build_data` carves 5,000 (10%) from train by default; the CRD / RepDistiller /
+SimKD benchmark recipe trains on all 50,000 and reports test accuracy: use ``--set data.val_size=0``
+for that. Normalisation: each dataset's per-channel training-set mean/std. The ``cifar`` augment
+preset is the benchmark recipe (random crop 32, padding 4, horizontal flip).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdistill.config import DataConfig
+from kdistill.data import DatasetSplits, register_dataset
+from kdistill.data.imagefolder import default_roots, download_root, not_found
+from kdistill.data.transforms import TensorImageDataset, build_transforms
+
+PREPARE_LIMIT_BYTES = 1 << 30  # above this, deterministic splits are transformed per item, not all at once
+
+CIFAR = {
+    "cifar10": {
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "meta": ("batches.meta", "label_names"),
+        "label_key": "labels",
+        "num_classes": 10,
+        "mean": (0.4914, 0.4822, 0.4465),
+        "std": (0.2470, 0.2435, 0.2616),
+        "archive": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "torchvision": "CIFAR10",
+    },
+    "cifar100": {
+        "folder": "cifar-100-python",
+        "train": ["train"],
+        "test": ["test"],
+        "meta": ("meta", "fine_label_names"),
+        "label_key": "fine_labels",
+        "num_classes": 100,
+        "mean": (0.5071, 0.4867, 0.4408),  # as in RepDistiller / CRD
+        "std": (0.2675, 0.2565, 0.2761),
+        "archive": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "torchvision": "CIFAR100",
+    },
+}
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as handle:
+        entry = pickle.load(handle, encoding="bytes")
+    return {(key.decode() if isinstance(key, bytes) else key): value for key, value in entry.items()}
+
+
+def _read_batches(directory: Path, names: list[str], label_key: str) -> tuple[Tensor, Tensor]:
+    images, labels = [], []
+    for name in names:
+        entry = _unpickle(directory / name)
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{directory / name}: expected data of shape (N, 3072), found {data.shape}")
+        images.append(data.reshape(-1, 3, 32, 32))  # rows are R plane, G plane, B plane, each row-major
+        labels.append(np.asarray(entry[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def _find(config: DataConfig, spec: dict) -> Path:
+    folder = spec["folder"]
+    required = spec["train"] + spec["test"]
+    candidates = default_roots(config, folder)  # data.root itself, data.root/<folder>, ~/.cache/kdistill/<folder>
+    for candidate in candidates:
+        if all((candidate / name).is_file() for name in required):
+            return candidate
+    if config.download:
+        import torchvision.datasets
+
+        root = download_root(config)
+        getattr(torchvision.datasets, spec["torchvision"])(str(root), train=True, download=True)
+        return root / folder
+    raise not_found(
+        spec["torchvision"].replace("CIFAR", "CIFAR-"),
+        candidates,
+        [f"{folder}/{name}" for name in required],
+        [
+            f"--set data.download=true   (torchvision.datasets.{spec['torchvision']} downloads {spec['archive']} "
+            f"to data.root or ~/.cache/kdistill)",
+            f"download and untar {spec['archive']}, then --set data.root=DIR   (DIR/{folder}/...)",
+        ],
+    )
+
+
+def _class_names(directory: Path, spec: dict) -> list[str] | None:
+    name, key = spec["meta"]
+    if not (directory / name).is_file():
+        return None
+    names = _unpickle(directory / name).get(key)
+    if names is None or len(names) != spec["num_classes"]:
+        return None
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def tensor_splits(
+    config: DataConfig,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    num_classes: int,
+    mean,
+    std,
+    class_names: list[str] | None,
+    default_val_size: int,
+) -> DatasetSplits:
+    """In-memory uint8 (N, C, H, W) splits; deterministic splits are prepared at once unless that is over 1 GiB."""
+    images = train[0]
+    native = images.shape[-1]
+    size = config.image_size or native
+    train_tf, eval_tf = build_transforms(config.augment, config.image_size, native, mean, std)
+    augmented = config.augment != "none"
+
+    def dataset(pair: tuple[Tensor, Tensor], transform, random: bool) -> TensorImageDataset:
+        prepared_bytes = pair[0].shape[0] * pair[0].shape[1] * size * size * 4
+        return TensorImageDataset(pair[0], pair[1], transform, random=random or prepared_bytes > PREPARE_LIMIT_BYTES)
+
+    train_set = dataset(train, train_tf, augmented)
+    return DatasetSplits(
+        train=train_set,
+        # lazy: only the carved validation samples of it are ever transformed
+        train_eval=TensorImageDataset(train[0], train[1], eval_tf, random=True) if augmented else train_set,
+        test=dataset(test, eval_tf, False),
+        num_classes=num_classes,
+        input_shape=(images.shape[1], size, size),
+        class_names=class_names,
+        train_augmented=augmented,
+        default_val_size=default_val_size,
+    )
+
+
+def _cifar(config: DataConfig, name: str) -> DatasetSplits:
+    spec = CIFAR[name]
+    directory = _find(config, spec)
+    train = _read_batches(directory, spec["train"], spec["label_key"])
+    test = _read_batches(directory, spec["test"], spec["label_key"])
+    return tensor_splits(
+        config,
+        train,
+        test,
+        num_classes=spec["num_classes"],
+        mean=spec["mean"],
+        std=spec["std"],
+        class_names=_class_names(directory, spec),
+        default_val_size=max(1, len(train[1]) // 10),
+    )
+
+
+@register_dataset(
+    "cifar10",
+    description="CIFAR-10: 50,000 train / 10,000 test 32x32 colour images, 10 classes (10% of train carved for val)",
+    how_to_get="--set data.download=true (torchvision CIFAR10), or untar cifar-10-python.tar.gz under data.root",
+)
+def cifar10(config: DataConfig) -> DatasetSplits:
+    return _cifar(config, "cifar10")
+
+
+@register_dataset(
+    "cifar100",
+    description="CIFAR-100: 50,000 train / 10,000 test 32x32 colour images, 100 classes (10% of train carved for val)",
+    how_to_get="--set data.download=true (torchvision CIFAR100), or untar cifar-100-python.tar.gz under data.root",
+)
+def cifar100(config: DataConfig) -> DatasetSplits:
+    return _cifar(config, "cifar100")
