@@ -41,3 +41,18 @@ def reduce_sums(values: dict[str, float], device: torch.device) -> dict[str, flo
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return dict(zip(keys, tensor.tolist()))
+
+
+def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
+    """Average gradients over ranks after ``backward`` (any method, its own modules included).
+
+    Every rank must produce a gradient for the same parameters (missing ones count as zero).
+    """
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        dist.all_reduce(parameter.grad)
+        parameter.grad /= world

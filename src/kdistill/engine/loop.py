@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from kdistill.config import Config, ConfigError, ModelConfig, to_dict
 from kdistill.data import build_data, make_loader
 from kdistill.engine.checkpoint import atomic_save, capture_rng_state, restore_rng_state, seed_everything
-from kdistill.engine.distributed import init_from_environment, is_main_process, reduce_sums
+from kdistill.engine.distributed import average_gradients, init_from_environment, is_main_process, reduce_sums
 from kdistill.engine.export import save_student
 from kdistill.engine.optim import build_optimizer, build_scheduler
 from kdistill.methods import METHODS, Batch, DataInfo, Method
@@ -194,6 +194,7 @@ def train_one_epoch(
         loss = output.loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(parameters)
         if config.optim.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(parameters, config.optim.clip_grad_norm)
         optimizer.step()
