@@ -99,19 +99,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _list_models(args: argparse.Namespace) -> int:
-    from kdistill.config import ModelConfig
-    from kdistill.models import MODEL_INFO, MODELS, build_model, count_parameters
+    from kdistill.models.catalog import model_catalog
     from kdistill.report.tables import markdown_table
 
     shape = tuple(int(v) for v in args.input_shape.split(","))
-    rows = []
-    for name in MODELS.names():
-        try:
-            parameters = f"{count_parameters(build_model(ModelConfig(name=name), args.num_classes, shape)):,}"
-        except (ValueError, RuntimeError) as error:
-            parameters = f"n/a at {args.input_shape} ({error})"
-        rows.append([name, MODEL_INFO[name]["family"], parameters, MODEL_INFO[name]["source"]])
-    print(markdown_table(["model", "family", f"parameters ({args.num_classes} classes)", "source"], rows))
+    rows = [[r["name"], r["family"], f"{r['parameters']:,}", r["source"]] for r in model_catalog(args.num_classes, shape)]
+    print(markdown_table(["model", "family", f"parameters ({args.num_classes} classes, {args.input_shape})", "source"], rows))
     print("\nOutside models: timm:<name> (e.g. timm:resnetv2_50x1_bit) and torchvision:<name> (e.g. torchvision:resnet18).")
     return 0
 

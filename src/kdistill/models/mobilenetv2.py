@@ -1,0 +1,136 @@
+"""The CIFAR MobileNetV2 of the distillation benchmarks: ``mobilenetv2`` and ``mobilenetv2_x2``.
+
+Layers follow HobbitLong/RepDistiller models/mobilenetv2.py (from "Knowledge Distillation via Route
+Constrained Optimization"), also DefangChen/SimKD models/mobilenetv2.py. Note the benchmark naming:
+
+- ``mobilenetv2`` is the reference's ``mobile_half`` = ``mobilenetv2_T_w(T=6, W=0.5)`` -- what CRD,
+  RepDistiller and SimKD call "MobileNetV2";
+- ``mobilenetv2_x2`` is SimKD's ``mobile_half_double`` = ``mobilenetv2_T_w(T=6, W=1.0)`` -- SimKD's
+  "MobileNetV2x2" (twice the benchmark width, i.e. the standard width).
+
+The stem is a stride-2 3x3 conv, then seven groups of inverted residuals, a 1x1 conv to 1280 channels
+(BN + ReLU), global average pooling and a linear classifier. Module names are the reference's.
+
+Taps: stages = outputs of blocks[1], blocks[2], blocks[4], blocks[6] (the reference's f1..f4) and the
+final 1x1 conv's map (1280 channels, after its ReLU), which is stages[-1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdistill.models import register_model
+from kdistill.models.taps import Features, PoolLinearHead, TappedModel
+
+MOBILENET_SOURCE = "HobbitLong/RepDistiller models/mobilenetv2.py (mobile_half)"
+MOBILENET_X2_SOURCE = "DefangChen/SimKD models/mobilenetv2.py (mobile_half_double)"
+
+# Parameter counts at 100 classes, 32x32x3, computed from the reference code's layer definitions.
+REFERENCE_PARAMETERS = {"mobilenetv2": 812_836, "mobilenetv2_x2": 2_353_060}
+
+
+def conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inp, oup, 3, stride, 1, bias=False), nn.BatchNorm2d(oup), nn.ReLU(inplace=True))
+
+
+def conv_1x1_bn(inp: int, oup: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup), nn.ReLU(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
+        super().__init__()
+        hidden = inp * expand_ratio
+        self.use_res_connect = stride == 1 and inp == oup
+        self.conv = nn.Sequential(
+            nn.Conv2d(inp, hidden, 1, 1, 0, bias=False),  # pointwise expansion
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),  # depthwise
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),  # pointwise linear projection
+            nn.BatchNorm2d(oup),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(TappedModel):
+    def __init__(
+        self, num_classes: int, input_shape: tuple[int, int, int], expand_ratio: int = 6, width_mult: float = 0.5
+    ) -> None:
+        super().__init__()
+        t = expand_ratio
+        setting = [  # expansion, channels, repeats, stride
+            [1, 16, 1, 1],
+            [t, 24, 2, 1],
+            [t, 32, 3, 2],
+            [t, 64, 4, 2],
+            [t, 96, 3, 1],
+            [t, 160, 3, 2],
+            [t, 320, 1, 1],
+        ]
+        input_channel = int(32 * width_mult)
+        self.conv1 = conv_bn(input_shape[0], input_channel, 2)
+        self.blocks = nn.ModuleList()
+        for expansion, channels, repeats, stride in setting:
+            output_channel = int(channels * width_mult)
+            layers = []
+            for s in [stride] + [1] * (repeats - 1):
+                layers.append(InvertedResidual(input_channel, output_channel, s, expansion))
+                input_channel = output_channel
+            self.blocks.append(nn.Sequential(*layers))
+        self.last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
+        self.conv2 = conv_1x1_bn(input_channel, self.last_channel)
+        self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
+        for m in self.modules():  # the reference's initialisation
+            if isinstance(m, nn.Conv2d):
+                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                m.weight.data.normal_(0, math.sqrt(2.0 / fan))
+                if m.bias is not None:
+                    m.bias.data.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+            elif isinstance(m, nn.Linear):
+                m.weight.data.normal_(0, 0.01)
+                m.bias.data.zero_()
+
+    def forward_features(self, x: Tensor) -> Features:
+        out = self.conv1(x)  # (B, 32w, H/2, W/2)
+        f1 = self.blocks[1](self.blocks[0](out))  # (B, 24w, H/2, W/2)
+        f2 = self.blocks[2](f1)  # (B, 32w, H/4, W/4)
+        f3 = self.blocks[4](self.blocks[3](f2))  # (B, 96w, H/8, W/8)
+        f4 = self.blocks[6](self.blocks[5](f3))  # (B, 320w, H/16, W/16)
+        final = self.conv2(f4)  # (B, 1280, H/16, W/16)
+        embedding = torch.flatten(F.adaptive_avg_pool2d(final, 1), 1)  # (B, 1280), as PoolLinearHead pools
+        return Features(stages=[f1, f2, f3, f4, final], embedding=embedding, logits=self.classifier(embedding))
+
+    def classifier_head(self) -> PoolLinearHead:
+        return PoolLinearHead(self.classifier[0])
+
+
+@register_model(
+    "mobilenetv2",
+    family="mobilenetv2",
+    source=f"{MOBILENET_SOURCE}: {REFERENCE_PARAMETERS['mobilenetv2']:,} parameters (100 classes)",
+)
+def mobilenetv2(num_classes: int, input_shape: tuple[int, int, int]) -> MobileNetV2:
+    """The benchmarks' "MobileNetV2": expansion 6, width 0.5."""
+    return MobileNetV2(num_classes, input_shape, expand_ratio=6, width_mult=0.5)
+
+
+@register_model(
+    "mobilenetv2_x2",
+    family="mobilenetv2",
+    source=f"{MOBILENET_X2_SOURCE}: {REFERENCE_PARAMETERS['mobilenetv2_x2']:,} parameters (100 classes)",
+)
+def mobilenetv2_x2(num_classes: int, input_shape: tuple[int, int, int]) -> MobileNetV2:
+    """SimKD's "MobileNetV2x2": expansion 6, width 1.0."""
+    return MobileNetV2(num_classes, input_shape, expand_ratio=6, width_mult=1.0)

@@ -1,0 +1,122 @@
+"""Wide ResNets of the distillation benchmarks: wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2.
+
+Layers follow HobbitLong/RepDistiller models/wrn.py (also used by SimKD and mdistiller): a 3x3 stem
+with 16 channels, three groups of pre-activation blocks (depth = 6n + 4) with 16k, 32k, 64k channels
+at strides 1, 2, 2, then BN + ReLU, global average pooling and a linear classifier. Module names are
+the reference's, so its teacher checkpoints load directly.
+
+Taps: stages = outputs of block1, block2 and relu(bn1(block3)) -- the first two are the blocks' raw
+(pre-activation) sums, as in the reference's feature list; the last is the final map the classifier
+pools (after the final BN + ReLU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdistill.models import register_model
+from kdistill.models.taps import Features, PoolLinearHead, TappedModel
+
+WRN_SOURCE = "HobbitLong/RepDistiller models/wrn.py"
+
+# Parameter counts at 100 classes, 32x32x3, computed from the reference code's layer definitions.
+REFERENCE_PARAMETERS = {
+    "wrn_16_1": 180_916,
+    "wrn_16_2": 703_284,
+    "wrn_40_1": 569_780,
+    "wrn_40_2": 2_255_156,
+}
+
+
+class WideBasicBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, with a 1x1 conv shortcut when the width changes."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.drop_rate = drop_rate
+        self.equal_in_out = in_planes == out_planes
+        self.convShortcut = (
+            None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        activated = F.relu(self.bn1(x))
+        out = F.relu(self.bn2(self.conv1(activated)))
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        out = self.conv2(out)
+        # as in the reference: the identity shortcut adds the raw input, the conv shortcut sees the activated one
+        shortcut = x if self.equal_in_out else self.convShortcut(activated)
+        return torch.add(shortcut, out)
+
+
+class NetworkBlock(nn.Module):
+    def __init__(self, nb_layers: int, in_planes: int, out_planes: int, stride: int, drop_rate: float) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(
+            *[
+                WideBasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
+                for i in range(nb_layers)
+            ]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+
+class WideResNet(TappedModel):
+    def __init__(
+        self, depth: int, widen_factor: int, num_classes: int, input_shape: tuple[int, int, int], drop_rate: float = 0.0
+    ) -> None:
+        super().__init__()
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"WRN depth must be 6n+4 (16, 22, 28, 40, ...), got {depth}")
+        channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        n = (depth - 4) // 6
+        self.conv1 = nn.Conv2d(input_shape[0], channels[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.block1 = NetworkBlock(n, channels[0], channels[1], 1, drop_rate)
+        self.block2 = NetworkBlock(n, channels[1], channels[2], 2, drop_rate)
+        self.block3 = NetworkBlock(n, channels[2], channels[3], 2, drop_rate)
+        self.bn1 = nn.BatchNorm2d(channels[3])
+        self.fc = nn.Linear(channels[3], num_classes)
+        for m in self.modules():  # the reference's initialisation
+            if isinstance(m, nn.Conv2d):
+                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                m.weight.data.normal_(0, math.sqrt(2.0 / fan))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+            elif isinstance(m, nn.Linear):
+                m.bias.data.zero_()
+
+    def forward_features(self, x: Tensor) -> Features:
+        out = self.conv1(x)  # (B, 16, H, W)
+        f1 = self.block1(out)  # (B, 16k, H, W)
+        f2 = self.block2(f1)  # (B, 32k, H/2, W/2)
+        f3 = F.relu(self.bn1(self.block3(f2)))  # (B, 64k, H/4, W/4)
+        embedding = torch.flatten(F.adaptive_avg_pool2d(f3, 1), 1)  # (B, 64k), as PoolLinearHead pools
+        return Features(stages=[f1, f2, f3], embedding=embedding, logits=self.fc(embedding))
+
+    def classifier_head(self) -> PoolLinearHead:
+        return PoolLinearHead(self.fc)
+
+
+def _register(name: str, depth: int, widen_factor: int) -> None:
+    def builder(num_classes: int, input_shape: tuple[int, int, int], drop_rate: float = 0.0) -> WideResNet:
+        return WideResNet(depth, widen_factor, num_classes, input_shape, drop_rate)
+
+    builder.__name__ = name
+    builder.__doc__ = f"{name}: Wide ResNet depth {depth}, widen factor {widen_factor} ({WRN_SOURCE})."
+    register_model(name, family="wrn", source=f"{WRN_SOURCE}: {REFERENCE_PARAMETERS[name]:,} parameters (100 classes)")(builder)
+
+
+for _name, _depth, _k in (("wrn_16_1", 16, 1), ("wrn_16_2", 16, 2), ("wrn_40_1", 40, 1), ("wrn_40_2", 40, 2)):
+    _register(_name, _depth, _k)
