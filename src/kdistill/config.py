@@ -101,6 +101,16 @@ class TrainConfig:
 
 
 @dataclass
+class TrackConfig:
+    """Optional experiment trackers, besides the run directory (always written)."""
+
+    tensorboard: bool = False  # event files in <run dir>/tensorboard (pip install tensorboard)
+    mlflow: bool = False  # params, per-epoch metrics, summary (pip install 'kdistill[mlflow]')
+    mlflow_tracking_uri: str | None = None  # None: SQLite database <output_dir>/mlflow.db
+    mlflow_experiment: str = "kdistill"
+
+
+@dataclass
 class Config:
     """Everything one run needs; ``fit(config)`` reads nothing else."""
 
@@ -115,6 +125,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def teachers(self) -> list[ModelConfig]:
         return ([self.teacher] if self.teacher is not None else []) + list(self.extra_teachers)

@@ -332,60 +332,63 @@ def fit(
             plain_loader = make_loader(data.train, config.data.eval_batch_size, False, config.seed, config.data.num_workers)
             teacher_cache = predict(method.teacher_logits, plain_loader, device, config.train.amp)[0]
 
-    last_eval: dict[str, float] = {}
-    end_epoch = config.train.epochs if stop_after_epochs is None else min(config.train.epochs, stop_after_epochs)
-    for epoch in range(start_epoch, end_epoch):
-        epoch_start = time.time()
-        train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        train_loader.generator.manual_seed(config.seed * 1_000_003 + epoch)  # type: ignore[union-attr]
-        method.on_epoch_start(epoch, config.train.epochs)
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": optimizer.param_groups[0]["lr"]}
-        record.update(
-            train_one_epoch(method, train_loader, optimizer, scheduler, device, epoch, config,
-                            _epoch_generator(config.seed, epoch, device), teacher_cache)
-        )
-        record["train_time_s"] = time.time() - epoch_start
-        is_last = epoch + 1 == end_epoch
-        if is_last or (epoch + 1) % config.train.eval_every == 0:
-            for split, loader in eval_loaders.items():
-                for key, value in evaluate(method, loader, device, teacher_eval_logits.get(split), config.train.amp).items():
-                    record[f"{split}_{key}"] = value
-            last_eval = {k: v for k, v in record.items() if k.startswith(("val_", "test_"))}
-            if "val_acc" in record and record["val_acc"] > best["val_acc"]:
-                best = {"epoch": epoch + 1, "val_acc": record["val_acc"], "test_acc": record.get("test_acc")}
-                if is_main_process():
-                    atomic_save(_checkpoint_payload(method, optimizer, scheduler, epoch + 1, best, config), run.best)
-        record["epoch_time_s"] = time.time() - epoch_start
-        run.append_metrics(record)
-        log(_format_record(record))
-        if is_main_process() and (is_last or (epoch + 1) % config.train.checkpoint_every == 0):
-            payload = _checkpoint_payload(method, optimizer, scheduler, epoch + 1, best, config)
-            atomic_save(payload, run.last)
-            if config.train.keep_checkpoints > 0:
-                atomic_save(payload, run.path / f"epoch_{epoch + 1:05d}.pt")
-                for old in sorted(run.path.glob("epoch_*.pt"))[: -config.train.keep_checkpoints]:
-                    old.unlink()
+    try:
+        last_eval: dict[str, float] = {}
+        end_epoch = config.train.epochs if stop_after_epochs is None else min(config.train.epochs, stop_after_epochs)
+        for epoch in range(start_epoch, end_epoch):
+            epoch_start = time.time()
+            train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+            train_loader.generator.manual_seed(config.seed * 1_000_003 + epoch)  # type: ignore[union-attr]
+            method.on_epoch_start(epoch, config.train.epochs)
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": optimizer.param_groups[0]["lr"]}
+            record.update(
+                train_one_epoch(method, train_loader, optimizer, scheduler, device, epoch, config,
+                                _epoch_generator(config.seed, epoch, device), teacher_cache)
+            )
+            record["train_time_s"] = time.time() - epoch_start
+            is_last = epoch + 1 == end_epoch
+            if is_last or (epoch + 1) % config.train.eval_every == 0:
+                for split, loader in eval_loaders.items():
+                    for key, value in evaluate(method, loader, device, teacher_eval_logits.get(split), config.train.amp).items():
+                        record[f"{split}_{key}"] = value
+                last_eval = {k: v for k, v in record.items() if k.startswith(("val_", "test_"))}
+                if "val_acc" in record and record["val_acc"] > best["val_acc"]:
+                    best = {"epoch": epoch + 1, "val_acc": record["val_acc"], "test_acc": record.get("test_acc")}
+                    if is_main_process():
+                        atomic_save(_checkpoint_payload(method, optimizer, scheduler, epoch + 1, best, config), run.best)
+            record["epoch_time_s"] = time.time() - epoch_start
+            run.append_metrics(record)
+            log(_format_record(record))
+            if is_main_process() and (is_last or (epoch + 1) % config.train.checkpoint_every == 0):
+                payload = _checkpoint_payload(method, optimizer, scheduler, epoch + 1, best, config)
+                atomic_save(payload, run.last)
+                if config.train.keep_checkpoints > 0:
+                    atomic_save(payload, run.path / f"epoch_{epoch + 1:05d}.pt")
+                    for old in sorted(run.path.glob("epoch_*.pt"))[: -config.train.keep_checkpoints]:
+                        old.unlink()
 
-    if end_epoch < config.train.epochs:
-        log(f"stopped after epoch {end_epoch} of {config.train.epochs}; continue with resume")
-        return {"name": config.name, "run_dir": str(run.path), "completed_epochs": end_epoch, "finished": False}
-    if is_main_process():
-        save_student(method, config, info, run.path / "student.pt")
-    summary = {
-        "name": config.name,
-        "method": config.method.name,
-        "seed": config.seed,
-        "epochs": config.train.epochs,
-        "run_dir": str(run.path),
-        "best_epoch": best["epoch"],
-        "best_val_acc": best["val_acc"] if best["epoch"] > 0 else None,
-        "test_acc_at_best_val": best.get("test_acc"),
-        **{f"final_{k}": v for k, v in last_eval.items()},
-        **summary_extra,
-        "wall_time_s": time.time() - started,
-    }
-    run.write_summary(summary)
-    return summary
+        if end_epoch < config.train.epochs:
+            log(f"stopped after epoch {end_epoch} of {config.train.epochs}; continue with resume")
+            return {"name": config.name, "run_dir": str(run.path), "completed_epochs": end_epoch, "finished": False}
+        if is_main_process():
+            save_student(method, config, info, run.path / "student.pt")
+        summary = {
+            "name": config.name,
+            "method": config.method.name,
+            "seed": config.seed,
+            "epochs": config.train.epochs,
+            "run_dir": str(run.path),
+            "best_epoch": best["epoch"],
+            "best_val_acc": best["val_acc"] if best["epoch"] > 0 else None,
+            "test_acc_at_best_val": best.get("test_acc"),
+            **{f"final_{k}": v for k, v in last_eval.items()},
+            **summary_extra,
+            "wall_time_s": time.time() - started,
+        }
+        run.write_summary(summary)
+        return summary
+    finally:
+        run.close()  # finish trackers on success, stop, divergence or interruption
 
 
 def _format_record(record: dict[str, Any]) -> str:

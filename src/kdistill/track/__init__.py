@@ -21,6 +21,7 @@ from kdistill.engine.distributed import is_main_process
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.sinks: list = []  # optional trackers (TensorBoard, MLflow), main process only
 
     @classmethod
     def for_config(cls, config: Config, resume: bool, overwrite: bool) -> "RunDir":
@@ -37,6 +38,9 @@ class RunDir:
             if resume and (run.path / "config.yaml").exists():
                 run.check_same_config(config)
             dump_config(config, run.path / "config.yaml")
+            from kdistill.track.sinks import build_sinks
+
+            run.sinks = build_sinks(config.track, run.path, config)
         return run
 
     def check_same_config(self, config: Config) -> None:
@@ -48,6 +52,8 @@ class RunDir:
         ignore = {("train", "progress"), ("data", "num_workers")}
         diffs = []
         for section, value in current.items():
+            if section == "track":  # trackers may be switched on or off between sessions
+                continue
             if isinstance(value, dict):
                 for key, item in value.items():
                     if (section, key) not in ignore and saved.get(section, {}).get(key) != item:
@@ -69,6 +75,8 @@ class RunDir:
         if is_main_process():
             with open(self.path / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(_finite(record)) + "\n")
+            for sink in self.sinks:
+                sink.log(record)
 
     def truncate_metrics_after(self, epoch: int) -> None:
         """On resume, drop lines of epochs the checkpoint does not contain (written after it)."""
@@ -80,6 +88,13 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         if is_main_process():
             atomic_write_text(json.dumps(_finite(summary), indent=2) + "\n", self.path / "summary.json")
+            self.close(summary)
+
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        """Finish the optional trackers (also on an interrupted or stopped run)."""
+        for sink in self.sinks:
+            sink.finish(summary or {})
+        self.sinks = []
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
