@@ -36,6 +36,12 @@ def test_step_schedule_decays_at_epoch_milestones():
     assert factor(239 * 782) == pytest.approx(0.001)
 
 
+def test_step_schedule_with_milestones_in_steps():
+    factor = lr_multiplier(ScheduleConfig(name="step", warmup_steps=100, milestone_steps=[200, 300, 400]), 0.003, 7, 72)
+    assert factor(99) == pytest.approx(1.0)
+    assert [factor(s) for s in (199, 200, 299, 300, 400, 499)] == pytest.approx([1, 0.1, 0.1, 0.01, 0.001, 0.001])
+
+
 def test_scheduler_steps_the_optimizer_lr():
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = build_optimizer([parameter], OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-3))
@@ -51,7 +57,7 @@ def test_scheduler_steps_the_optimizer_lr():
 
 
 def test_schedule_and_optimizer_errors():
-    with pytest.raises(ConfigError, match="milestones is empty"):
+    with pytest.raises(ConfigError, match="milestone_steps are empty"):
         lr_multiplier(ScheduleConfig(name="step"), 0.1, 10, 10)
     with pytest.raises(ConfigError, match="unknown schedule"):
         lr_multiplier(ScheduleConfig(name="linear"), 0.1, 10, 10)

@@ -1,4 +1,4 @@
-"""Command line: ``kdistill train | distill | eval | demo | report | models | datasets``."""
+"""Command line: ``kdistill train | distill | tune | eval | demo | report | models | datasets | methods``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     distill = commands.add_parser("distill", help="distil a student from one or more teachers",
                                   description="Train the student from the teacher(s) with the configured method (kd, funmatch, simkd, ...).")
     _add_run_options(distill)
+
+    tune = commands.add_parser("tune", help="grid over learning rate and schedule length (e.g. teacher fine-tuning), ranked by validation accuracy",
+                               description="Train the config at every (learning rate, epochs) point, --trials seeds each, and rank the "
+                               "points by mean best validation accuracy (the test split is never used to choose). With --bit-hyperrule "
+                               "the optimiser, schedule, resolution and mixup first follow BiT-HyperRule for the dataset's size.")
+    tune.add_argument("--config", "-c", help=CONFIG_HELP)
+    tune.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    tune.add_argument("--lrs", type=float, nargs="+", required=True, help="learning rates to try, e.g. --lrs 1e-3 3e-3 1e-2")
+    tune.add_argument("--epochs", type=int, nargs="+", help="schedule lengths to try (default: the config's train.epochs); step milestones are rescaled")
+    tune.add_argument("--trials", type=int, default=1, help="seeds per point (default 1)")
+    tune.add_argument("--bit-hyperrule", action="store_true", help="apply BiT-HyperRule (SGD, warmup, step decays, mixup, resolution) sized for the dataset before the grid")
+    tune.add_argument("--overwrite", action="store_true", help="replace existing run directories of the grid")
 
     evaluate = commands.add_parser("eval", help="accuracy (top-1/top-5) and loss of a run's student on a split",
                                    description="Evaluate a run directory (its student.pt, else best.pt), a student.pt, or a best.pt/last.pt.")
@@ -98,6 +110,31 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from kdistill import api
+    from kdistill.config import load_config, replace
+    from kdistill.report.tables import markdown_table
+    from kdistill.tune import as_overrides, bit_hyperrule, lr_search
+
+    config = load_config(args.config, args.overrides)
+    if args.bit_hyperrule:
+        from kdistill.data import build_data
+
+        data = build_data(config.data, config.seed)
+        rule = bit_hyperrule(len(data.train), data.input_shape[1:], config.data.batch_size)  # type: ignore[arg-type]
+        config = replace(config, as_overrides(rule) + args.overrides)  # explicit --set values win
+        print(f"BiT-HyperRule for {len(data.train)} training images: {rule}")  # type: ignore[arg-type]
+
+    def run(trial_config):
+        return api.train(trial_config, overwrite=args.overwrite)
+
+    rows = lr_search(config, args.lrs, args.epochs or [config.train.epochs], args.trials, fit=run)
+    table = [[f"{r['lr']:g}", r["epochs"], r["trials"], f"{r['val_acc_mean']:.2f} ± {r['val_acc_std']:.2f}", f"{r['test_acc_mean']:.2f}"] for r in rows]
+    print(markdown_table(["lr", "epochs", "trials", "best val acc", "test acc (last epoch, not used to choose)"], table))
+    print(f"best: lr {rows[0]['lr']:g}, {rows[0]['epochs']} epochs ({rows[0]['runs'][0]})")
+    return 0
+
+
 def _list_models(args: argparse.Namespace) -> int:
     from kdistill.models.catalog import model_catalog
     from kdistill.report.tables import markdown_table
@@ -144,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("train", "distill"):
             return _run(args)
+        if args.command == "tune":
+            return _tune(args)
         if args.command == "eval":
             from kdistill import api
 

@@ -81,6 +81,7 @@ class ScheduleConfig:
     warmup_epochs: float = 0.0  # linear warmup from 0 (converted to steps); or use warmup_steps
     warmup_steps: int = 0
     milestones: list[int] = field(default_factory=list)  # step schedule: epochs at which lr *= gamma
+    milestone_steps: list[int] = field(default_factory=list)  # step schedule: optimisation steps at which lr *= gamma
     gamma: float = 0.1
     min_lr: float = 0.0  # cosine floor
 

@@ -31,7 +31,8 @@ def lr_multiplier(config: ScheduleConfig, base_lr: float, steps_per_epoch: int, 
     """The factor applied to the base lr at optimisation step ``s`` (0-based).
 
     Warmup: factor = (s + 1) / W for s < W (W = warmup steps), so the first update is not wasted.
-    Then ``constant``: 1; ``step``: gamma ** (number of milestones <= current epoch);
+    Then ``constant``: 1; ``step``: gamma ** (number of epoch milestones <= current epoch + number of
+    step milestones <= s);
     ``cosine``: floor + (1 - floor) * (1 + cos(pi * p)) / 2 with p = (s - W) / (total - W),
     floor = min_lr / base_lr, total = epochs * steps_per_epoch.
     """
@@ -39,12 +40,15 @@ def lr_multiplier(config: ScheduleConfig, base_lr: float, steps_per_epoch: int, 
     if config.warmup_steps and config.warmup_epochs:
         raise ConfigError("schedule: set warmup_steps or warmup_epochs, not both")
     warmup = config.warmup_steps or round(config.warmup_epochs * steps_per_epoch)
-    milestones = sorted(config.milestones)
+    milestones, milestone_steps = sorted(config.milestones), sorted(config.milestone_steps)
     floor = config.min_lr / base_lr if base_lr > 0 else 0.0
     if config.name not in ("constant", "step", "cosine"):
         raise ConfigError(f"schedule.name: unknown schedule {config.name!r}; valid: constant, step, cosine")
-    if config.name == "step" and not milestones:
-        raise ConfigError("schedule.name is 'step' but schedule.milestones is empty (give epochs, or use 'constant')")
+    if config.name == "step" and not (milestones or milestone_steps):
+        raise ConfigError(
+            "schedule.name is 'step' but schedule.milestones (epochs) and schedule.milestone_steps are empty; "
+            "give one, or use 'constant'"
+        )
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -53,7 +57,8 @@ def lr_multiplier(config: ScheduleConfig, base_lr: float, steps_per_epoch: int, 
             return 1.0
         if config.name == "step":
             epoch = step // steps_per_epoch
-            return config.gamma ** sum(epoch >= m for m in milestones)
+            decays = sum(epoch >= m for m in milestones) + sum(step >= m for m in milestone_steps)
+            return config.gamma**decays
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
