@@ -11,7 +11,7 @@ from kdistill.methods import METHODS, Batch, DataInfo
 from kdistill.models import build_model
 
 INPUT_SHAPE = (1, 16, 16)
-INFO = DataInfo(num_classes=5, input_shape=INPUT_SHAPE, num_train=64)
+INFO = DataInfo(num_classes=5, input_shape=INPUT_SHAPE, num_train=64, batch_size=8)
 TEACHER = ModelConfig(name="cnn", kwargs={"channels": [8, 16], "padding": 1, "batch_norm": True, "head": "avg"})
 STUDENT = ModelConfig(name="cnn", kwargs={"channels": [4, 8], "padding": 1, "batch_norm": True, "head": "avg"})
 

@@ -69,7 +69,7 @@ def evaluate_checkpoint(
             raise ConfigError(f"{target} is not a kdistill run checkpoint; evaluate a run directory or student.pt")
         config = replace(load_config(base=payload["config"]), overrides or [])
         data = build_data(config.data, config.seed)
-        info = DataInfo(data.num_classes, data.input_shape, len(data.train))  # type: ignore[arg-type]
+        info = DataInfo(data.num_classes, data.input_shape, len(data.train), config.data.batch_size)  # type: ignore[arg-type]
         method = build_method(config, info)
         load_method_state(method, payload["method_state"])
         model = method.to(torch_device)

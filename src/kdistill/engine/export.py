@@ -43,7 +43,7 @@ def load_student(path: str | Path) -> tuple[nn.Module, Config, DataInfo]:
     if not isinstance(payload, dict) or payload.get("kind") != STUDENT_KIND:
         raise CheckpointError(f"{path} is not a kdistill student export (student.pt)")
     config = from_dict(Config, payload["config"])
-    info = DataInfo(payload["num_classes"], tuple(payload["input_shape"]), payload["num_train"])
+    info = DataInfo(payload["num_classes"], tuple(payload["input_shape"]), payload["num_train"], config.data.batch_size)
     method = build_method(config, info, load_weights=False)  # architecture only; weights follow
     module = method.student_for_export()
     module.load_state_dict(payload["state_dict"])

@@ -25,8 +25,9 @@ from kdistill.engine.distributed import average_gradients, init_from_environment
 from kdistill.engine.export import save_student
 from kdistill.engine.optim import build_optimizer, build_scheduler
 from kdistill.methods import METHODS, Batch, DataInfo, Method
-from kdistill.models import build_model, count_parameters
+from kdistill.models import build_model
 from kdistill.models.loading import CHECKPOINT_KIND, architecture_from_checkpoint, read_checkpoint
+from kdistill.report.accounting import parameter_report
 from kdistill.track import RunDir
 
 
@@ -284,7 +285,7 @@ def fit(
     config = resolve_architectures(config)
     seed_everything(config.seed)
     data = build_data(config.data, config.seed)
-    info = DataInfo(num_classes=data.num_classes, input_shape=data.input_shape, num_train=len(data.train))  # type: ignore[arg-type]
+    info = DataInfo(data.num_classes, data.input_shape, len(data.train), config.data.batch_size)  # type: ignore[arg-type]
     method = build_method(config, info).to(device)
     if config.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -317,9 +318,11 @@ def fit(
 
     teacher_eval_logits: dict[str, Tensor] = {}
     teacher_cache = None
+    accounting = parameter_report(method)
     summary_extra: dict[str, Any] = {
-        "student_parameters": count_parameters(method.student_for_export()),
-        "teacher_parameters": [count_parameters(t) for t in method.teachers],
+        "student_parameters": accounting["params_deployed"],  # what inference needs (SimKD: + projector + teacher head)
+        "teacher_parameters": accounting["params_teachers"],
+        **accounting,
     }
     if len(method.teachers):
         # Frozen teachers see deterministic eval inputs: their logits are computed once per split.
@@ -345,6 +348,7 @@ def fit(
                 train_one_epoch(method, train_loader, optimizer, scheduler, device, epoch, config,
                                 _epoch_generator(config.seed, epoch, device), teacher_cache)
             )
+            record.update({f"train_{key}": value for key, value in method.epoch_metrics().items()})
             record["train_time_s"] = time.time() - epoch_start
             is_last = epoch + 1 == end_epoch
             if is_last or (epoch + 1) % config.train.eval_every == 0:

@@ -47,6 +47,7 @@ class DataInfo:
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W) of one training input
     num_train: int  # size of the training set (CRD's memory bank, sample indices)
+    batch_size: int = 0  # training batch per process (SemCKD's attention width); 0 = unknown
 
 
 @dataclass
@@ -145,6 +146,10 @@ class Method(nn.Module):
     @property
     def augments_batches(self) -> bool:
         return type(self).augment_batch is not Method.augment_batch
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Loss-free numbers of the epoch just trained, logged as ``train_<key>`` (e.g. SimKD's kept fraction)."""
+        return {}
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called before each epoch (0-based), e.g. for loss-weight warmups."""

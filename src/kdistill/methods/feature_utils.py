@@ -1,0 +1,108 @@
+"""Helpers shared by the feature-based methods (FitNet, AT, SP, VID, CRD, SRRL, SemCKD, SimKD).
+
+- :class:`FeatureDistillConfig`: the weights every feature baseline shares. The defaults follow the
+  SimKD code's CIFAR-100 script (``scripts/run_distill.sh`` of DefangChen/SimKD, which produced the
+  paper's Tables 1-2): ``-c 1 -d 1 -b <method weight>``, i.e. label cross-entropy 1, Hinton KD 1 at
+  temperature 4, plus the method's own loss times ``weight``. (RepDistiller's CRD paper runs used
+  ``-a 0``: set ``kd_weight: 0`` for that.)
+- :func:`align_spatial`: pool the larger of two maps to the smaller one's size (adaptive average
+  pooling), the rule of every reference implementation.
+- :func:`match_stages`: pair student and teacher stages by relative depth.
+- :func:`embedding_classifier`: a model's linear layer from the pooled embedding to logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdistill.config import ConfigError, MethodConfig
+from kdistill.methods.base import Batch, Method
+from kdistill.methods.ce import cross_entropy_loss
+from kdistill.methods.kd import kd_loss
+from kdistill.models.taps import Features
+
+
+@dataclass
+class FeatureDistillConfig(MethodConfig):
+    """Label CE + Hinton KD + the method's own loss (SimKD's run_distill.sh: -c 1 -d 1 -b weight)."""
+
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    temperature: float = 4.0
+    weight: float = 1.0  # the method's own loss (beta)
+
+
+def require_maps(shapes: list[tuple[int, ...]], method: str, who: str) -> None:
+    if any(len(shape) != 3 for shape in shapes):
+        raise ConfigError(
+            f"method {method!r} needs convolutional feature maps (C, H, W) from the {who}, "
+            f"got stage shapes {shapes}; use a model with conv stages (e.g. cnn, resnet8x4)"
+        )
+
+
+def align_spatial(student_map: Tensor, teacher_map: Tensor) -> tuple[Tensor, Tensor]:
+    """Adaptive-average-pool the map with the larger height to the other's (H, W).
+
+    (B, C_s, H_s, W_s), (B, C_t, H_t, W_t) -> both with the smaller spatial size. Follows SimKD /
+    RepDistiller: the student map is pooled if ``H_s > H_t``, otherwise the teacher map.
+    """
+    (h_s, w_s), (h_t, w_t) = student_map.shape[2:], teacher_map.shape[2:]
+    if h_s > h_t:
+        student_map = F.adaptive_avg_pool2d(student_map, (h_t, w_t))
+    elif h_s < h_t:
+        teacher_map = F.adaptive_avg_pool2d(teacher_map, (h_s, w_s))
+    return student_map, teacher_map
+
+
+def aligned_size(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> tuple[int, int]:
+    """The (H, W) both maps have after :func:`align_spatial`."""
+    return tuple(student_shape[1:]) if student_shape[1] <= teacher_shape[1] else tuple(teacher_shape[1:])  # type: ignore[return-value]
+
+
+def relative_depth_index(position: int, count: int, other_count: int) -> int:
+    """Stage ``position`` (0-based) of ``count`` stages -> the stage at the same relative depth of ``other_count``."""
+    return max(0, min(other_count - 1, round((position + 1) * other_count / count) - 1))
+
+
+def match_stages(num_student: int, num_teacher: int) -> list[tuple[int, int]]:
+    """Pairs (student stage, teacher stage). Equal counts: stage i with stage i (RepDistiller's zip);
+    otherwise each stage of the shallower model with the stage at the same relative depth of the other."""
+    if num_student == num_teacher:
+        return [(i, i) for i in range(num_student)]
+    if num_student < num_teacher:
+        return [(i, relative_depth_index(i, num_student, num_teacher)) for i in range(num_student)]
+    return [(relative_depth_index(j, num_teacher, num_student), j) for j in range(num_teacher)]
+
+
+def embedding_classifier(model: nn.Module) -> nn.Module:
+    """The layer mapping a model's pooled ``embedding`` to its logits (the ``fc`` of its head)."""
+    head = model.classifier_head()
+    fc = getattr(head, "fc", None)
+    if isinstance(fc, nn.Module):
+        return fc
+    raise ConfigError(f"{type(model).__name__}'s classifier head has no `fc` layer mapping the embedding to logits")
+
+
+class FeatureMethod(Method):
+    """Base of the feature baselines: student/teacher taps, CE + KD terms, the method's own loss."""
+
+    Config = FeatureDistillConfig
+
+    def student_and_teacher_features(self, inputs: Tensor) -> tuple[Features, Features]:
+        student_features = self.student.forward_features(inputs)
+        with torch.no_grad():
+            teacher_features = self.teacher.forward_features(inputs)
+        return student_features, teacher_features
+
+    def logit_losses(self, student_logits: Tensor, teacher_logits: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """``ce_weight * CE + kd_weight * T^2 KL`` (terms with weight 0 are left out)."""
+        losses: dict[str, Tensor] = {}
+        if self.config.ce_weight:
+            losses["ce"] = self.config.ce_weight * cross_entropy_loss(student_logits, batch.targets)
+        if self.config.kd_weight:
+            losses["kd"] = self.config.kd_weight * kd_loss(student_logits, teacher_logits.float(), self.config.temperature)
+        return losses
