@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from kdistill.config import load_config, replace
+from kdistill.config import load_config
 from kdistill.engine.loop import TrainingDivergedError, build_method, fit  # type: ignore[attr-defined]
 from kdistill.methods import DataInfo
 from kdistill.report.accounting import parameter_report

@@ -11,7 +11,6 @@ whose order is a function of (seed, epoch) only, so a resumed run sees the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -65,17 +64,6 @@ def register_dataset(name: str, description: str = "", how_to_get: str = "") -> 
         return DATASETS.register(name)(builder)
 
     return decorator
-
-
-def find_existing(candidates: list[Path | str | None], required: list[str]) -> Path | None:
-    """The first candidate directory that contains all ``required`` relative paths."""
-    for candidate in candidates:
-        if candidate is None:
-            continue
-        candidate = Path(candidate).expanduser()
-        if all((candidate / name).exists() for name in required):
-            return candidate
-    return None
 
 
 class Indexed(Dataset):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from kdistill.config import DataConfig
-from kdistill.data import DatasetNotFoundError, DatasetSplits, find_existing, register_dataset
+from kdistill.data import DatasetNotFoundError, DatasetSplits, register_dataset
 from kdistill.data.transforms import TensorImageDataset, build_transforms
 
 FASHION_FILES = {

@@ -24,7 +24,7 @@ from kdistill.engine.checkpoint import atomic_save, capture_rng_state, restore_r
 from kdistill.engine.distributed import average_gradients, init_from_environment, is_main_process, reduce_sums
 from kdistill.engine.export import save_student
 from kdistill.engine.optim import build_optimizer, build_scheduler
-from kdistill.methods import METHODS, Batch, DataInfo, Method
+from kdistill.methods import METHODS, DataInfo, Method
 from kdistill.models import build_model
 from kdistill.models.loading import CHECKPOINT_KIND, architecture_from_checkpoint, read_checkpoint
 from kdistill.report.accounting import parameter_report

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdistill.methods.base import Batch, DataInfo, StepOutput, register_method
-from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial, match_stages, require_maps
-from kdistill.models.taps import feature_shapes
+from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial, match_stages
 
 
 def attention_map(feature_map: Tensor, p: float = 2.0) -> Tensor:
@@ -45,10 +44,7 @@ class AT(FeatureMethod):
 
     def __init__(self, student, teachers, config: ATConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)
-        student_shapes = feature_shapes(student, info.input_shape).stages
-        teacher_shapes = feature_shapes(self.teacher, info.input_shape).stages
-        require_maps(student_shapes, "at", "student")
-        require_maps(teacher_shapes, "at", "teacher")
+        student_shapes, teacher_shapes = self.stage_shapes()
         self.pairs = match_stages(len(student_shapes), len(teacher_shapes))
 
     def training_step(self, batch: Batch) -> StepOutput:

@@ -23,7 +23,7 @@ from kdistill.config import ConfigError, MethodConfig
 from kdistill.methods.base import Batch, Method
 from kdistill.methods.ce import cross_entropy_loss
 from kdistill.methods.kd import kd_loss
-from kdistill.models.taps import Features
+from kdistill.models.taps import Features, feature_shapes
 
 
 @dataclass
@@ -91,6 +91,16 @@ class FeatureMethod(Method):
     """Base of the feature baselines: student/teacher taps, CE + KD terms, the method's own loss."""
 
     Config = FeatureDistillConfig
+
+    def stage_shapes(self, require_all_maps: bool = True) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+        """Per-sample stage shapes of the student and the teacher; with ``require_all_maps`` every stage
+        must be a (C, H, W) feature map (a clear error otherwise, e.g. for an MLP)."""
+        student_shapes = feature_shapes(self.student, self.info.input_shape).stages
+        teacher_shapes = feature_shapes(self.teacher, self.info.input_shape).stages
+        if require_all_maps:
+            require_maps(student_shapes, self.name, "student")
+            require_maps(teacher_shapes, self.name, "teacher")
+        return student_shapes, teacher_shapes
 
     def student_and_teacher_features(self, inputs: Tensor) -> tuple[Features, Features]:
         student_features = self.student.forward_features(inputs)

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from kdistill.config import ConfigError
 from kdistill.methods.base import Batch, DataInfo, StepOutput, register_method
 from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, require_maps
-from kdistill.models.taps import feature_shapes
 
 
 def hint_loss(regressed_student: Tensor, teacher_map: Tensor) -> Tensor:
@@ -71,8 +70,7 @@ class FitNet(FeatureMethod):
 
     def __init__(self, student, teachers, config: FitNetConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)
-        student_shapes = feature_shapes(student, info.input_shape).stages
-        teacher_shapes = feature_shapes(self.teacher, info.input_shape).stages
+        student_shapes, teacher_shapes = self.stage_shapes(require_all_maps=False)
         guided = config.guided_layer if config.guided_layer is not None else config.hint_layer
         if not 1 <= config.hint_layer <= len(student_shapes) or not 1 <= guided <= len(teacher_shapes):
             raise ConfigError(

@@ -10,8 +10,7 @@ from torch import Tensor, nn
 
 from kdistill.config import ConfigError
 from kdistill.methods.base import Batch, DataInfo, StepOutput, register_method
-from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial, require_maps
-from kdistill.models.taps import feature_shapes
+from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial
 
 
 def semckd_loss(projected: list[list[Tensor]], targets: list[list[Tensor]], attention: Tensor) -> Tensor:
@@ -82,10 +81,7 @@ class SemCKD(FeatureMethod):
 
     def __init__(self, student, teachers, config: SemCKDConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)
-        student_shapes = feature_shapes(student, info.input_shape).stages
-        teacher_shapes = feature_shapes(self.teacher, info.input_shape).stages
-        require_maps(student_shapes, "semckd", "student")
-        require_maps(teacher_shapes, "semckd", "teacher")
+        student_shapes, teacher_shapes = self.stage_shapes()
         self.num_student, self.num_teacher = len(student_shapes), len(teacher_shapes)
         width = self.width = config.batch_size or info.batch_size
         if width <= 0:

@@ -89,7 +89,7 @@ class SimKDProjector(nn.Module):
 
     def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], factor: int = 2) -> None:
         super().__init__()
-        (c_s, h_s, w_s), (c_t, h_t, w_t) = student_shape, teacher_shape
+        (c_s, h_s, _), (c_t, h_t, w_t) = student_shape, teacher_shape
         mid = max(c_t // factor, 1)
         self.pool_to: tuple[int, int] | None = (h_t, w_t) if h_s > h_t else None
         self.transfer = nn.Sequential(

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.methods.base import Batch, DataInfo, StepOutput, register_method
-from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial, match_stages, require_maps
-from kdistill.models.taps import feature_shapes
+from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial, match_stages
 
 
 def vid_loss(predicted_mean: Tensor, teacher_map: Tensor, variance: Tensor) -> Tensor:
@@ -64,10 +63,7 @@ class VID(FeatureMethod):
 
     def __init__(self, student, teachers, config: VIDConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)
-        student_shapes = feature_shapes(student, info.input_shape).stages
-        teacher_shapes = feature_shapes(self.teacher, info.input_shape).stages
-        require_maps(student_shapes, "vid", "student")
-        require_maps(teacher_shapes, "vid", "teacher")
+        student_shapes, teacher_shapes = self.stage_shapes()
         self.pairs = match_stages(len(student_shapes), len(teacher_shapes))
         self.regressors = nn.ModuleList(
             VIDRegressor(student_shapes[i][0], teacher_shapes[j][0], teacher_shapes[j][0], config.init_variance)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.models import register_model
+from kdistill.models.initialization import reference_init
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 RESNET_SOURCE = "HobbitLong/RepDistiller models/resnet.py"
@@ -69,12 +70,7 @@ class CifarResNet(TappedModel):
         self.layer2 = self._make_layer(num_filters[2], n, stride=2)
         self.layer3 = self._make_layer(num_filters[3], n, stride=2)
         self.fc = nn.Linear(num_filters[3] * BasicBlock.expansion, num_classes)
-        for m in self.modules():  # the reference's initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        reference_init(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None

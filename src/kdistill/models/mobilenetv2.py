@@ -17,13 +17,13 @@ final 1x1 conv's map (1280 channels, after its ReLU), which is stages[-1].
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.models import register_model
+from kdistill.models.initialization import reference_init
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 MOBILENET_SOURCE = "HobbitLong/RepDistiller models/mobilenetv2.py (mobile_half)"
@@ -89,18 +89,7 @@ class MobileNetV2(TappedModel):
         self.last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = conv_1x1_bn(input_channel, self.last_channel)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
-        for m in self.modules():  # the reference's initialisation
-            if isinstance(m, nn.Conv2d):
-                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        reference_init(self, linear_std=0.01, zero_linear_bias=True)
 
     def forward_features(self, x: Tensor) -> Features:
         out = self.conv1(x)  # (B, 32w, H/2, W/2)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.models import register_model
+from kdistill.models.initialization import reference_init
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 RESNETV2_SOURCE = "HobbitLong/RepDistiller models/resnetv2.py (ResNet50)"
@@ -63,12 +64,7 @@ class ResNetCifar(TappedModel):
         self.layer3 = self._make_layer(256, num_blocks[2], stride=2)
         self.layer4 = self._make_layer(512, num_blocks[3], stride=2)
         self.linear = nn.Linear(512 * Bottleneck.expansion, num_classes)
-        for m in self.modules():  # the reference's initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        reference_init(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):

@@ -14,13 +14,13 @@ stem, like the ResNets' conv1); stages[-1] is the final 512-channel map.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.models import register_model
+from kdistill.models.initialization import reference_init
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 VGG_SOURCE = "HobbitLong/RepDistiller models/vgg.py (vgg*_bn)"
@@ -69,18 +69,7 @@ class VGG(TappedModel):
         self.pool2 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
-        for m in self.modules():  # the reference's initialisation
-            if isinstance(m, nn.Conv2d):
-                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        reference_init(self, linear_std=0.01, zero_linear_bias=True)
 
     def forward_features(self, x: Tensor) -> Features:
         height = x.shape[2]

@@ -12,13 +12,13 @@ pools (after the final BN + ReLU).
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.models import register_model
+from kdistill.models.initialization import reference_init
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 WRN_SOURCE = "HobbitLong/RepDistiller models/wrn.py"
@@ -87,15 +87,7 @@ class WideResNet(TappedModel):
         self.block3 = NetworkBlock(n, channels[2], channels[3], 2, drop_rate)
         self.bn1 = nn.BatchNorm2d(channels[3])
         self.fc = nn.Linear(channels[3], num_classes)
-        for m in self.modules():  # the reference's initialisation
-            if isinstance(m, nn.Conv2d):
-                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan))
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.bias.data.zero_()
+        reference_init(self, zero_linear_bias=True)
 
     def forward_features(self, x: Tensor) -> Features:
         out = self.conv1(x)  # (B, 16, H, W)
