@@ -72,6 +72,12 @@ def test_resume_is_exact(tmp_path):
     assert [m["epoch"] for m in read_metrics(tmp_path / "resumed")] == [1, 2]
 
 
+def test_epoch_checkpoints_rotate(tmp_path):
+    fit(digits_config(tmp_path, "run", "train.keep_checkpoints=2", "train.epochs=3"), **QUIET)
+    assert sorted(p.name for p in (tmp_path / "run").glob("epoch_*.pt")) == ["epoch_00002.pt", "epoch_00003.pt"]
+    assert read_checkpoint(tmp_path / "run" / "epoch_00003.pt")["epoch"] == 3
+
+
 def test_resume_refuses_a_changed_recipe(tmp_path):
     fit(digits_config(tmp_path, "run", "train.epochs=1"), **QUIET)
     with pytest.raises(ConfigError, match="optim.lr"):

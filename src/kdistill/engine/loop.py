@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kdistill.config import Config, ConfigError, ModelConfig, to_dict
-from kdistill.data import build_data, make_loader
+from kdistill.data import Data, build_data, make_loader
 from kdistill.engine.checkpoint import atomic_save, capture_rng_state, restore_rng_state, seed_everything
 from kdistill.engine.distributed import average_gradients, init_from_environment, is_main_process, reduce_sums
 from kdistill.engine.export import save_student
@@ -303,37 +303,15 @@ def fit(
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, config.train.epochs)
     run = RunDir.for_config(config, resume=resume, overwrite=overwrite)
 
-    start_epoch, best = 0, {"epoch": -1, "val_acc": -math.inf}
-    if resume and run.last.exists():
-        checkpoint = read_checkpoint(run.last)
-        load_method_state(method, checkpoint["method_state"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        restore_rng_state(checkpoint["rng"])
-        start_epoch, best = checkpoint["epoch"], checkpoint["best"]
-        run.truncate_metrics_after(start_epoch)
-        log(f"resumed {run.path} after epoch {start_epoch}")
-    elif resume:
-        log(f"--resume: {run.last} does not exist yet, starting from scratch")
-
-    teacher_eval_logits: dict[str, Tensor] = {}
-    teacher_cache = None
+    restored = _restore(run, method, optimizer, scheduler, log) if resume else None
+    start_epoch, best = restored or (0, {"epoch": -1, "val_acc": -math.inf})
     accounting = parameter_report(method)
     summary_extra: dict[str, Any] = {
         "student_parameters": accounting["params_deployed"],  # what inference needs (SimKD: + projector + teacher head)
         "teacher_parameters": accounting["params_teachers"],
         **accounting,
     }
-    if len(method.teachers):
-        # Frozen teachers see deterministic eval inputs: their logits are computed once per split.
-        for split, loader in eval_loaders.items():
-            logits, targets = predict(method.teacher_logits, loader, device, config.train.amp)
-            teacher_eval_logits[split] = logits
-            summary_extra[f"teacher_{split}_acc"] = 100.0 * (logits.argmax(1) == targets).float().mean().item()
-        cache_ok = method.teacher_outputs_cacheable and not data.train_augmented and not method.augments_batches
-        if config.train.cache_teacher_outputs and cache_ok:
-            plain_loader = make_loader(data.train, config.data.eval_batch_size, False, config.seed, config.data.num_workers)
-            teacher_cache = predict(method.teacher_logits, plain_loader, device, config.train.amp)[0]
+    teacher_eval_logits, teacher_cache = _teacher_references(method, data, eval_loaders, config, device, summary_extra)
 
     try:
         last_eval: dict[str, float] = {}
@@ -353,8 +331,8 @@ def fit(
             is_last = epoch + 1 == end_epoch
             if is_last or (epoch + 1) % config.train.eval_every == 0:
                 for split, loader in eval_loaders.items():
-                    for key, value in evaluate(method, loader, device, teacher_eval_logits.get(split), config.train.amp).items():
-                        record[f"{split}_{key}"] = value
+                    result = evaluate(method, loader, device, teacher_eval_logits.get(split), config.train.amp)
+                    record.update({f"{split}_{key}": value for key, value in result.items()})
                 last_eval = {k: v for k, v in record.items() if k.startswith(("val_", "test_"))}
                 if "val_acc" in record and record["val_acc"] > best["val_acc"]:
                     best = {"epoch": epoch + 1, "val_acc": record["val_acc"], "test_acc": record.get("test_acc")}
@@ -364,12 +342,7 @@ def fit(
             run.append_metrics(record)
             log(_format_record(record))
             if is_main_process() and (is_last or (epoch + 1) % config.train.checkpoint_every == 0):
-                payload = _checkpoint_payload(method, optimizer, scheduler, epoch + 1, best, config)
-                atomic_save(payload, run.last)
-                if config.train.keep_checkpoints > 0:
-                    atomic_save(payload, run.path / f"epoch_{epoch + 1:05d}.pt")
-                    for old in sorted(run.path.glob("epoch_*.pt"))[: -config.train.keep_checkpoints]:
-                        old.unlink()
+                _save_last(run, _checkpoint_payload(method, optimizer, scheduler, epoch + 1, best, config), epoch + 1, config.train.keep_checkpoints)
 
         if end_epoch < config.train.epochs:
             log(f"stopped after epoch {end_epoch} of {config.train.epochs}; continue with resume")
@@ -393,6 +366,50 @@ def fit(
         return summary
     finally:
         run.close()  # finish trackers on success, stop, divergence or interruption
+
+
+def _restore(run: RunDir, method: Method, optimizer, scheduler, log: Callable[[str], None]) -> tuple[int, dict] | None:
+    """Load ``last.pt`` (method modules, optimizer, schedule, RNG); returns (completed epochs, best so far)."""
+    if not run.last.exists():
+        log(f"--resume: {run.last} does not exist yet, starting from scratch")
+        return None
+    checkpoint = read_checkpoint(run.last)
+    load_method_state(method, checkpoint["method_state"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    restore_rng_state(checkpoint["rng"])
+    run.truncate_metrics_after(checkpoint["epoch"])
+    log(f"resumed {run.path} after epoch {checkpoint['epoch']}")
+    return checkpoint["epoch"], checkpoint["best"]
+
+
+def _teacher_references(
+    method: Method, data: Data, eval_loaders: dict[str, DataLoader], config: Config, device: torch.device, summary: dict[str, Any]
+) -> tuple[dict[str, Tensor], Tensor | None]:
+    """Frozen teachers see deterministic eval inputs, so their val/test logits (fidelity metrics) are
+    computed once; their train logits too when neither the data nor the method augments. Records the
+    teachers' accuracy per split in ``summary``."""
+    if not len(method.teachers):
+        return {}, None
+    eval_logits = {}
+    for split, loader in eval_loaders.items():
+        logits, targets = predict(method.teacher_logits, loader, device, config.train.amp)
+        eval_logits[split] = logits
+        summary[f"teacher_{split}_acc"] = 100.0 * (logits.argmax(1) == targets).float().mean().item()
+    cacheable = method.teacher_outputs_cacheable and not data.train_augmented and not method.augments_batches
+    if not (config.train.cache_teacher_outputs and cacheable):
+        return eval_logits, None
+    plain_loader = make_loader(data.train, config.data.eval_batch_size, False, config.seed, config.data.num_workers)
+    return eval_logits, predict(method.teacher_logits, plain_loader, device, config.train.amp)[0]
+
+
+def _save_last(run: RunDir, payload: dict[str, Any], epoch: int, keep: int) -> None:
+    """``last.pt``, plus ``epoch_NNNNN.pt`` rotated to the newest ``keep`` when ``keep > 0``."""
+    atomic_save(payload, run.last)
+    if keep > 0:
+        atomic_save(payload, run.path / f"epoch_{epoch:05d}.pt")
+        for old in sorted(run.path.glob("epoch_*.pt"))[:-keep]:
+            old.unlink()
 
 
 def _format_record(record: dict[str, Any]) -> str:
