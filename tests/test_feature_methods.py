@@ -153,6 +153,15 @@ def test_dkd_hand_value_and_decomposition():
     assert kd == pytest.approx(tckd.item() + (1 - pt[target]) * nckd.item(), rel=1e-8)  # KD = TCKD + (1 - p_t) NCKD
 
 
+def test_dkd_stays_finite_when_the_student_is_certain_of_the_target():
+    # p_target rounds to 1 in float32: 1 - p_target would be 0; the summed non-target mass is not.
+    student, teacher = torch.tensor([[200.0, 0.0, 0.0]]), torch.zeros(1, 3)
+    tckd, _ = dkd_terms(student, teacher, torch.tensor([0]), 4.0)
+    other = 2 * math.exp(-50.0) / (1 + 2 * math.exp(-50.0))  # student non-target mass at T = 4, in float64
+    expected = 16.0 * (1 / 3 * math.log((1 / 3) / (1 - other)) + 2 / 3 * math.log((2 / 3) / other))
+    assert math.isfinite(tckd.item()) and tckd.item() == pytest.approx(expected, rel=1e-4)
+
+
 def test_dkd_warmup_ramps_linearly():
     method = _build("dkd", PAIRS[0])
     method.on_epoch_start(0, 240)
@@ -181,10 +190,10 @@ def test_semckd_loss_hand_value():
     assert value.item() == pytest.approx(expected, rel=1e-10)
 
 
-def test_match_stages_by_relative_depth():
+def test_match_stages_pairs_by_index_like_the_reference_zip():
     assert match_stages(3, 3) == [(0, 0), (1, 1), (2, 2)]
-    assert match_stages(2, 3) == [(0, 1), (1, 2)]
-    assert match_stages(3, 2) == [(1, 0), (2, 1)]
+    assert match_stages(2, 3) == [(0, 0), (1, 1)]
+    assert match_stages(4, 3) == [(0, 0), (1, 1), (2, 2)]
 
 
 # ----------------------------------------------------------------------------- one step on model pairs

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kdistill.methods.kd import kd_loss
+from kdistill.methods.kd import ensemble_kd_loss, kd_loss
 
 
 def test_kd_loss_matches_a_hand_computed_value():
@@ -43,3 +43,31 @@ def test_kd_loss_averages_over_the_batch():
     student, teacher = torch.randn(6, 5), torch.randn(6, 5)
     per_sample = [kd_loss(student[i : i + 1], teacher[i : i + 1], 3.0) for i in range(6)]
     assert kd_loss(student, teacher, 3.0).item() == pytest.approx(torch.stack(per_sample).mean().item(), rel=1e-5)
+
+
+def test_ensemble_kd_averages_teacher_probabilities_at_the_temperature():
+    student, first, second = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    temperature = 4.0
+    target = (torch.softmax(first / temperature, 1) + torch.softmax(second / temperature, 1)) / 2
+    log_student = torch.log_softmax(student / temperature, 1)
+    expected = temperature**2 * (target * (target.log() - log_student)).sum(1).mean()
+    assert ensemble_kd_loss(student, [first, second], temperature).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert ensemble_kd_loss(student, [first, first], temperature).item() == pytest.approx(kd_loss(student, first, temperature).item(), rel=1e-5)
+
+
+def test_multi_teacher_kd_method_uses_the_ensemble_loss():
+    from kdistill.config import ModelConfig
+    from kdistill.methods import Batch, DataInfo
+    from kdistill.methods.kd import KD, KDConfig
+    from kdistill.models import build_model
+
+    torch.manual_seed(0)
+    info = DataInfo(num_classes=4, input_shape=(1, 6, 6), num_train=8)
+    spec = ModelConfig(name="mlp", kwargs={"hidden": [8]})
+    teachers = [build_model(spec, 4, info.input_shape) for _ in range(2)]
+    method = KD(build_model(spec, 4, info.input_shape), teachers, KDConfig(ce_weight=0.0, kd_weight=1.0), info)
+    assert not method.teacher_outputs_cacheable
+    batch = Batch(inputs=torch.randn(5, 1, 6, 6), targets=torch.zeros(5, dtype=torch.long), indices=torch.arange(5))
+    output = method.training_step(batch)
+    expected = ensemble_kd_loss(method.student(batch.inputs), [t(batch.inputs) for t in teachers], 4.0)
+    assert output.losses["kd"].item() == pytest.approx(expected.item(), rel=1e-5)

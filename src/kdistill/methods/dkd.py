@@ -16,7 +16,7 @@ from kdistill.methods.ce import cross_entropy_loss
 def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     """Zhao et al., "Decoupled Knowledge Distillation" (arXiv:2203.08679), mdistiller's ``dkd_loss``.
 
-    With p = softmax(z / T): b = (p_target, 1 - p_target) the binary target/non-target split and
+    With p = softmax(z / T): b = (p_target, sum of the other p) the binary target/non-target split and
     p_hat = softmax over the non-target classes only;
     TCKD = T^2 KL(b_t || b_s), NCKD = T^2 KL(p_hat_t || p_hat_s), each averaged over the batch.
     Per sample, T^2 KL(p_t || p_s) = TCKD + (1 - p_t,target) NCKD (the paper's Eq. 3).
@@ -24,10 +24,10 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, t
     gt_mask = F.one_hot(targets, student_logits.shape[1]).bool()  # (B, K)
     p_student = F.softmax(student_logits / temperature, dim=1)
     p_teacher = F.softmax(teacher_logits / temperature, dim=1)
-    target_student = (p_student * gt_mask).sum(1, keepdim=True)  # (B, 1)
-    target_teacher = (p_teacher * gt_mask).sum(1, keepdim=True)
-    binary_student = torch.cat([target_student, 1 - target_student], dim=1)  # (B, 2)
-    binary_teacher = torch.cat([target_teacher, 1 - target_teacher], dim=1)
+    # Both parts are summed from p (as mdistiller's cat_mask), not 1 - p_target, which rounds to 0
+    # (and gives an infinite log) when the target probability rounds to 1.
+    binary_student = torch.cat([(p_student * gt_mask).sum(1, keepdim=True), (p_student * ~gt_mask).sum(1, keepdim=True)], dim=1)  # (B, 2)
+    binary_teacher = torch.cat([(p_teacher * gt_mask).sum(1, keepdim=True), (p_teacher * ~gt_mask).sum(1, keepdim=True)], dim=1)
     batch_size = targets.shape[0]
     tckd = F.kl_div(torch.log(binary_student), binary_teacher, reduction="sum") * temperature**2 / batch_size
     # mdistiller removes the target class by subtracting 1000 from its scaled logit

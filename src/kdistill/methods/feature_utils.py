@@ -7,7 +7,8 @@
   ``-a 0``: set ``kd_weight: 0`` for that.)
 - :func:`align_spatial`: pool the larger of two maps to the smaller one's size (adaptive average
   pooling), the rule of every reference implementation.
-- :func:`match_stages`: pair student and teacher stages by relative depth.
+- :func:`match_stages`: pair student and teacher stages as the reference code does (by index).
+- :func:`relative_depth_index`: the stage at the same relative depth (SimKD's extra projectors).
 - :func:`embedding_classifier`: a model's linear layer from the pooled embedding to logits.
 """
 
@@ -69,13 +70,9 @@ def relative_depth_index(position: int, count: int, other_count: int) -> int:
 
 
 def match_stages(num_student: int, num_teacher: int) -> list[tuple[int, int]]:
-    """Pairs (student stage, teacher stage). Equal counts: stage i with stage i (RepDistiller's zip);
-    otherwise each stage of the shallower model with the stage at the same relative depth of the other."""
-    if num_student == num_teacher:
-        return [(i, i) for i in range(num_student)]
-    if num_student < num_teacher:
-        return [(i, relative_depth_index(i, num_student, num_teacher)) for i in range(num_student)]
-    return [(relative_depth_index(j, num_teacher, num_student), j) for j in range(num_teacher)]
+    """Pairs (student stage, teacher stage): stage i with stage i, truncated to the shorter list, as the
+    reference code's ``zip(feat_s[1:-1], feat_t[1:-1])`` (AT, VID) does."""
+    return [(i, i) for i in range(min(num_student, num_teacher))]
 
 
 def embedding_classifier(model: nn.Module) -> nn.Module:

@@ -53,12 +53,13 @@ class ConvRegressor(nn.Module):
 
 @dataclass
 class FitNetConfig(FeatureDistillConfig):
-    """SimKD's run_distill.sh: -c 1 -d 1 -b 100. ``hint_layer`` counts stages from 1 as RepDistiller's
-    ``--hint_layer`` does when its feature list starts with the stem (feat[0]): hint_layer 2 = the second stage."""
+    """SimKD's run_distill.sh: -c 1 -d 1 -b 100 with train_student.py's default ``--hint_layer 1``.
+    ``hint_layer`` numbers stages as the reference's feature list does after the stem (feat[0]):
+    hint_layer 1 = the first stage's output (RepDistiller's own default is 2)."""
 
     name: str = "fitnet"
     weight: float = 100.0
-    hint_layer: int = 2
+    hint_layer: int = 1
     guided_layer: int | None = None  # teacher stage (1-based); None = the same as hint_layer
 
 

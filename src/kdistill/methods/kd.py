@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -24,6 +25,17 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return kl * temperature**2
 
 
+def ensemble_kd_loss(student_logits: Tensor, teacher_logits: list[Tensor], temperature: float) -> Tensor:
+    """Multi-teacher KD with averaged teacher predictions (AVEG, as in the SimKD paper's Table 6):
+
+    loss = T^2 * KL(mean_i softmax(z_i / T) || softmax(s / T)), averaged over the batch; the teachers'
+    probabilities are averaged at the distillation temperature. One teacher gives :func:`kd_loss`.
+    """
+    p_teacher = torch.stack([F.softmax(logits / temperature, dim=1) for logits in teacher_logits]).mean(0)  # (B, K)
+    log_p_student = F.log_softmax(student_logits / temperature, dim=1)  # (B, K)
+    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
+
+
 @dataclass
 class KDConfig(MethodConfig):
     """Defaults are RepDistiller / mdistiller's CIFAR-100 ones (CE 0.1 + KL 0.9, T 4)."""
@@ -39,13 +51,22 @@ class KD(Method):
     """``ce_weight * CE(student, labels) + kd_weight * T^2 * KL(teacher_T || student_T)``."""
 
     Config = KDConfig
-    max_teachers = None  # several teachers: distil from their averaged probabilities (AVEG)
-    teacher_outputs_cacheable = True
+    max_teachers = None  # several teachers: distil from their probabilities averaged at T (AVEG)
+
+    @property
+    def teacher_outputs_cacheable(self) -> bool:  # type: ignore[override]
+        return len(self.teachers) == 1  # the cache holds one set of logits
 
     def training_step(self, batch: Batch) -> StepOutput:
         student_logits = self.student(batch.inputs)  # (B, K)
-        teacher_logits = self.teacher_logits(batch.inputs, batch)  # (B, K)
-        losses = {"kd": self.config.kd_weight * kd_loss(student_logits, teacher_logits, self.config.temperature)}
+        temperature = self.config.temperature
+        if len(self.teachers) == 1:
+            distillation = kd_loss(student_logits, self.teacher_logits(batch.inputs, batch), temperature)
+        else:
+            with torch.no_grad():
+                teacher_logits = [teacher(batch.inputs).float() for teacher in self.teachers]  # each (B, K)
+            distillation = ensemble_kd_loss(student_logits, teacher_logits, temperature)
+        losses = {"kd": self.config.kd_weight * distillation}
         if self.config.ce_weight:
             losses["ce"] = self.config.ce_weight * cross_entropy_loss(student_logits, batch.targets)
         return StepOutput(logits=student_logits, losses=losses)
