@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -89,9 +92,12 @@ def test_inception_crop_size_area_and_content(area_range):
     fraction = box_w * box_h / (height * width)
     whole = (box_w == width) & (box_h == height)
     assert ((fraction >= area_range[0] - 1e-5) & (fraction <= area_range[1] + 1e-5) | whole).all()
+    # whole pixels; w = round(h * ratio) with ratio in [0.75, 1.33], so w / h is within 0.5 / h of that range
+    assert all(torch.equal(v, v.round()) for v in (x0, y0, box_w, box_h))
     aspect = box_w / box_h
-    assert ((aspect >= 3 / 4 - 1e-4) & (aspect <= 4 / 3 + 1e-4) | whole).all()
-    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + box_w <= width + 1e-4).all() and (y0 + box_h <= height + 1e-4).all()
+    slack = 0.5 / box_h + 1e-6
+    assert ((aspect >= 0.75 - slack) & (aspect <= 1.33 + slack) | whole).all()
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + box_w <= width).all() and (y0 + box_h <= height).all()
     assert fraction.min() < area_range[0] + 0.1 * (area_range[1] - area_range[0]), "areas should cover the range"
     # The pixel values tell where each output pixel was sampled: output pixel j of w_out sits at
     # x0 + (j + 0.5) * box_w / w_out in the input; bilinear sampling of a linear ramp returns exactly that
@@ -122,6 +128,82 @@ def test_inception_crop_default_size_is_the_input_size_and_full_box_is_identity(
     flipped = crop_resize(inputs, full, (10, 12), flip=torch.tensor([True, False, True]))
     torch.testing.assert_close(flipped[0], inputs[0].flip(-1), atol=1e-5, rtol=0)
     torch.testing.assert_close(flipped[1], inputs[1], atol=1e-5, rtol=0)
+
+
+def tf_reference_crop(rng: random.Random, height: int, width: int, area_range, aspect_range, attempts: int = 100):
+    """A per-sample, loop-by-loop reading of TensorFlow's sample_distorted_bounding_box kernel
+    (GenerateRandomCrop + its max_attempts loop; min_object_covered = 0, no boxes), with Python's RNG.
+    Returns (x0, y0, w, h)."""
+
+    def lrint(value: float) -> int:  # C's lrintf in the default mode: round half to even
+        return int(round(value))
+
+    def uniform_int(n: int) -> int:  # SimplePhilox::Uniform(n): an integer in [0, n)
+        return rng.randrange(n)
+
+    min_area = area_range[0] * width * height
+    max_area = area_range[1] * width * height
+    for _ in range(attempts):
+        ratio = aspect_range[0] + rng.random() * (aspect_range[1] - aspect_range[0])
+        h = lrint(math.sqrt(min_area / ratio))
+        h_max = lrint(math.sqrt(max_area / ratio))
+        if lrint(h_max * ratio) > width:
+            h_max = int((width + 0.5 - 1e-7) / ratio)
+            if lrint(h_max * ratio) > width:
+                h_max -= 1
+        h_max = min(h_max, height)
+        if h >= h_max:
+            h = h_max
+        else:
+            h += uniform_int(h_max - h + 1)
+        w = lrint(h * ratio)
+        if w * h < min_area:
+            h += 1
+            w = lrint(h * ratio)
+        if w * h > max_area:
+            h -= 1
+            w = lrint(h * ratio)
+        if not (min_area <= w * h <= max_area) or w > width or h > height or w <= 0 or h <= 0:
+            continue
+        y = uniform_int(height - h) if h < height else 0
+        x = uniform_int(width - w) if w < width else 0
+        return x, y, w, h
+    return 0, 0, width, height
+
+
+@pytest.mark.parametrize(
+    "height, width, area_range",
+    [(32, 32, (0.05, 1.0)), (64, 48, (0.05, 1.0)), (24, 40, (0.3, 0.5)), (20, 20, (0.9, 1.0))],
+)
+def test_crop_boxes_follow_tensorflows_sampler_in_distribution(height, width, area_range):
+    """Ours (vectorised, torch generator) against the per-sample TF loop above (Python RNG): same mean area
+    (z-test on 20,000 draws each), same distribution of areas and offsets (two-sample KS), same fallback rate."""
+    draws = 20_000
+    ours = sample_crop_boxes(draws, height, width, generator(21), area_range=area_range).double().numpy()
+    rng = random.Random(1234)
+    reference = np.array([tf_reference_crop(rng, height, width, area_range, (0.75, 1.33)) for _ in range(draws)], float)
+    area_ours = ours[:, 2] * ours[:, 3] / (height * width)
+    area_ref = reference[:, 2] * reference[:, 3] / (height * width)
+    standard_error = math.sqrt(area_ours.var() / draws + area_ref.var() / draws)
+    assert abs(area_ours.mean() - area_ref.mean()) < 4 * standard_error + 1e-12, (area_ours.mean(), area_ref.mean())
+    for column in range(4):  # x0, y0, w, h: integer-valued, so KS is conservative here
+        if np.ptp(reference[:, column]) > 0:
+            assert stats.ks_2samp(ours[:, column], reference[:, column]).pvalue > 1e-3, column
+    whole_ours = np.mean((ours[:, 2] == width) & (ours[:, 3] == height))
+    whole_ref = np.mean((reference[:, 2] == width) & (reference[:, 3] == height))
+    assert abs(whole_ours - whole_ref) < 4 * math.sqrt(max(whole_ref * (1 - whole_ref), 1e-4) * 2 / draws) + 1e-3
+
+
+def test_crop_side_not_area_is_uniform():
+    """TF draws the height uniformly, so small crops are more frequent than with an area-uniform draw: at
+    32x32 and area_min 0.05 the mean area fraction is about 0.38 (TF's loop above), against about 0.46 for an
+    area-uniform, log-uniform-ratio sampler with rejection of boxes that do not fit."""
+    boxes = sample_crop_boxes(20_000, 32, 32, generator(22))
+    fraction = (boxes[:, 2] * boxes[:, 3] / (32 * 32)).double()
+    rng = random.Random(99)
+    expected = np.mean([np.prod(tf_reference_crop(rng, 32, 32, (0.05, 1.0), (0.75, 1.33))[2:]) / 1024 for _ in range(20_000)])
+    assert abs(fraction.mean().item() - expected) < 0.01
+    assert fraction.mean().item() < 0.42, "an area-uniform sampler gives about 0.46 here"
 
 
 def test_impossible_boxes_fall_back_to_the_whole_image():

@@ -15,7 +15,7 @@ from kdistill.engine.loop import fit
 from test_datasets import write_cifar
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "cifar100").glob("*.yaml"))
-TEACHER_CONFIGS = [p for p in CONFIGS if p.name in ("ce_resnet32x4.yaml", "ce_wrn_40_2.yaml", "ce_resnet110x2.yaml")]
+TEACHER_CONFIGS = [p for p in CONFIGS if p.name in ("ce_resnet32x4.yaml", "ce_wrn_40_2.yaml", "ce_resnet38x2.yaml", "ce_resnet110x2.yaml")]
 SMOKE = ["train.epochs=1", "train.max_steps_per_epoch=2", "data.batch_size=8", "data.eval_batch_size=16",
          "data.num_workers=0", "train.progress=false", "output_dir=runs"]
 

@@ -31,6 +31,9 @@ REFERENCE = {
     "resnet8x4": (1_233_540, f"{REPDISTILLER} models/resnet.py resnet8x4"),
     "resnet32x4": (7_433_860, f"{REPDISTILLER} models/resnet.py resnet32x4"),
     "resnet110x2": (6_911_220, f"{SIMKD} models/resnet.py resnet110x2"),
+    "resnet38": (569_972, f"{SIMKD} models/resnet.py resnet38 (depth 38, [16, 16, 32, 64]; SimKD's 'WRN-40-1')"),
+    "resnet38x2": (2_255_604, f"{SIMKD} models/resnet.py resnet38x2 (depth 38, [16, 32, 64, 128]; SimKD's 'WRN-40-2')"),
+    "resnet14x2": (703_732, f"{SIMKD} models/resnet.py resnet14x2 (depth 14, [16, 32, 64, 128]; SimKD's 'WRN-16-2')"),
     "wrn_16_1": (180_916, f"{REPDISTILLER} models/wrn.py wrn_16_1"),
     "wrn_16_2": (703_284, f"{REPDISTILLER} models/wrn.py wrn_16_2"),
     "wrn_40_1": (569_780, f"{REPDISTILLER} models/wrn.py wrn_40_1"),
@@ -64,7 +67,10 @@ def _check_taps(model, input_shape, num_classes):
     assert torch.equal(logits, features.logits)
     assert torch.equal(head_logits, features.logits)
     assert torch.isfinite(features.logits).all()
-    assert features.embedding.shape == (2, features.stages[-1].shape[1])  # global pool of the final map
+    # the embedding is what the head feeds its final linear: the pooled (head-transformed) final map
+    head = model.classifier_head()
+    torch.testing.assert_close(head.pool(features.stages[-1]), features.embedding, atol=0, rtol=0)
+    assert head.fc.in_features == features.embedding.shape[1]
     assert all(s.dim() == 4 for s in features.stages)
     sizes = [s.shape[-2] * s.shape[-1] for s in features.stages]
     assert sizes == sorted(sizes, reverse=True), f"stage sizes not non-increasing: {sizes}"
@@ -107,13 +113,48 @@ def test_known_feature_shapes_at_32x32():
         "resnet32x4": [(64, 32, 32), (128, 16, 16), (256, 8, 8)],
         "wrn_40_2": [(32, 32, 32), (64, 16, 16), (128, 8, 8)],
         "vgg8": [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)],
-        "mobilenetv2": [(12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2), (1280, 2, 2)],
+        "resnet38x2": [(32, 32, 32), (64, 16, 16), (128, 8, 8)],
+        # the reference's f1..f4 (blocks[1], [2], [4], [6]); the 1x1 conv to 1280 is in the head
+        "mobilenetv2": [(12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2)],
+        "mobilenetv2_x2": [(24, 16, 16), (32, 8, 8), (96, 4, 4), (320, 2, 2)],
         "shufflenetv1": [(240, 16, 16), (480, 8, 8), (960, 4, 4)],
-        "shufflenetv2": [(116, 16, 16), (232, 8, 8), (464, 4, 4), (1024, 4, 4)],
+        # the reference's f1..f3 (layer1..3); the 1x1 conv to 1024 is in the head
+        "shufflenetv2": [(116, 16, 16), (232, 8, 8), (464, 4, 4)],
+        "shufflenetv2_x1_5": [(176, 16, 16), (352, 8, 8), (704, 4, 4)],
     }
+    embedding_dims = {"mobilenetv2": 1280, "mobilenetv2_x2": 1280, "shufflenetv2": 1024, "shufflenetv2_x1_5": 1024, "wrn_40_2": 128}
     for name, stages in expected.items():
         model = MODELS.get(name)(100, (3, 32, 32))
-        assert feature_shapes(model, (3, 32, 32)).stages == stages, name
+        shapes = feature_shapes(model, (3, 32, 32))
+        assert shapes.stages == stages, name
+        if name in embedding_dims:
+            assert shapes.embedding_dim == embedding_dims[name], name
+
+
+def test_wrn_final_stage_is_the_raw_block3_output():
+    """RepDistiller's wrn.py returns block3's raw sum as f3; the final BN + ReLU is the head's first step."""
+    torch.manual_seed(0)
+    model = MODELS.get("wrn_16_1")(10, (3, 32, 32)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        raw = model.block3(model.block2(model.block1(model.conv1(x))))
+    assert torch.equal(features.stages[-1], raw)
+    assert (features.stages[-1] < 0).any(), "a pre-activation map has negative entries"
+    assert set(model.classifier_head().parameters()) == {*model.bn1.parameters(), *model.fc.parameters()}
+
+
+@pytest.mark.parametrize("name, head_module", [("mobilenetv2", "conv2"), ("shufflenetv2", "conv2")])
+def test_head_conv_belongs_to_the_classifier_head(name, head_module):
+    """MobileNetV2 / ShuffleNetV2: the 1x1 head conv (and its BN) is applied by ``classifier_head()``, not
+    tapped as a stage, so the head's parameters are the conv's, its BN's and the linear layer's."""
+    model = MODELS.get(name)(100, (3, 32, 32))
+    head_parameters = set(model.classifier_head().parameters())
+    assert set(getattr(model, head_module).parameters()) <= head_parameters
+    linear = model.classifier[0] if name == "mobilenetv2" else model.linear
+    assert set(linear.parameters()) <= head_parameters
+    trunk = {p for n, p in model.named_parameters() if n.startswith(("conv1", "bn1", "blocks", "layer"))}
+    assert not trunk & head_parameters
 
 
 def test_training_step_updates_a_zoo_model():

@@ -108,44 +108,83 @@ def mixup(
     return mixed, ratio, partner
 
 
+def _uniform_int(uniforms: Tensor, count: Tensor) -> Tensor:
+    """Integers uniform in [0, count) from U[0, 1) draws (``count`` >= 1; TF's ``SimplePhilox::Uniform``)."""
+    count = count.clamp_min(1)
+    return torch.minimum(torch.floor(uniforms * count), count - 1)
+
+
 def sample_crop_boxes(
     batch_size: int,
     height: int,
     width: int,
     generator: torch.Generator,
     area_range: tuple[float, float] = (0.05, 1.0),
-    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
-    attempts: int = 10,
+    aspect_range: tuple[float, float] = (0.75, 1.33),
+    attempts: int = 100,
 ) -> Tensor:
-    """Inception-style boxes ``(B, 4) = (x0, y0, w, h)`` in pixels (continuous, inside the image).
+    """Inception-style boxes ``(B, 4) = (x0, y0, w, h)`` in whole pixels, inside the image.
 
-    Area fraction ~ U(area_range), aspect ratio (w/h) log-uniform in ``aspect_range``, position uniform
-    among positions that keep the box inside the image. ``attempts`` candidates are drawn per sample and the
-    first that fits is taken; a sample with none that fits gets the whole image (as TensorFlow's
-    ``sample_distorted_bounding_box`` does, which big_vision's ``inception_crop`` uses).
+    Follows TensorFlow's ``tf.image.sample_distorted_bounding_box`` (kernel
+    ``sample_distorted_bounding_box_op.cc``: ``GenerateRandomCrop`` and its attempt loop), which big_vision's
+    ``inception_crop`` calls with ``min_object_covered=0`` and no boxes (so every valid crop is accepted).
+    Per attempt, with A = H * W pixels and ``round`` = round half to even (``lrintf``):
+
+    - aspect ratio ``ar = w / h`` ~ U(aspect_range) (uniform, not log-uniform);
+    - ``h_min = round(sqrt(area_min * A / ar))``, ``h_max = round(sqrt(area_max * A / ar))``, ``h_max`` lowered
+      until ``round(h_max * ar) <= W`` and capped at H; ``h`` ~ uniform integer in [h_min, h_max] (``h_max`` if
+      ``h_min >= h_max``), ``w = round(h * ar)``;
+    - if ``w * h < area_min * A`` then h += 1, else if ``w * h > area_max * A`` then h -= 1 (w recomputed);
+      the attempt fails if the area is still outside the range or the box does not fit;
+    - offsets ``y0`` uniform in {0, ..., H - h - 1} (0 when h == H) and ``x0`` likewise, as TF draws them
+      (so a box smaller than the image never touches its bottom / right edge).
+
+    The first of ``attempts`` (TF's ``max_attempts``, default 100) that succeeds is taken; a sample with none
+    gets the whole image. So the side, not the area, is uniform: small crops are more frequent than with an
+    area-uniform sampler. Attempts are drawn all at once (B, attempts), which gives the same distribution as
+    TF's sequential loop. Randomness comes only from ``generator``.
     """
     low, high = area_range
     if not 0 < low <= high <= 1:
         raise ValueError(f"crop area_range must satisfy 0 < min <= max <= 1, got {area_range}")
     if not 0 < aspect_range[0] <= aspect_range[1]:
         raise ValueError(f"crop aspect_range must satisfy 0 < min <= max, got {aspect_range}")
-    uniforms = _rand((4, batch_size, attempts), generator)  # area, aspect, x, y
-    area = (low + (high - low) * uniforms[0]) * (height * width)  # (B, A) in pixels^2
-    log_low, log_high = math.log(aspect_range[0]), math.log(aspect_range[1])
-    aspect = torch.exp(log_low + (log_high - log_low) * uniforms[1])  # (B, A) = w / h
-    box_w = torch.sqrt(area * aspect)
-    box_h = torch.sqrt(area / aspect)
-    fits = (box_w <= width) & (box_h <= height)  # (B, A)
-    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((batch_size,), -1, device=fits.device))
-    pick = first.clamp_min(0)[:, None]
-    box_w = box_w.gather(1, pick).squeeze(1)
+    if attempts < 1:
+        raise ValueError(f"crop attempts must be >= 1, got {attempts}")
+    device = generator.device
+    uniforms = _rand((4, batch_size, attempts), generator)  # aspect, height, y, x draws: each (B, A)
+    min_area = torch.tensor(low * height * width, dtype=torch.float32, device=device)
+    max_area = torch.tensor(high * height * width, dtype=torch.float32, device=device)
+    aspect = aspect_range[0] + (aspect_range[1] - aspect_range[0]) * uniforms[0]  # (B, A) = w / h
+
+    box_h = torch.round(torch.sqrt(min_area / aspect))  # (B, A) smallest height
+    max_h = torch.round(torch.sqrt(max_area / aspect))  # (B, A) largest height before the caps
+    too_wide = torch.round(max_h * aspect) > width
+    capped = torch.floor((width + 0.5 - 1e-7) / aspect)  # largest h with round(h * ar) <= W (up to rounding)
+    capped = torch.where(torch.round(capped * aspect) > width, capped - 1, capped)
+    max_h = torch.where(too_wide, capped, max_h).clamp_max(height)
+    box_h = torch.minimum(box_h, max_h)
+    box_h = box_h + _uniform_int(uniforms[1], max_h - box_h + 1)  # (B, A) in [h_min, h_max]
+    box_w = torch.round(box_h * aspect)
+    # rounding repairs, as in TF: one pixel taller if too small, else one shorter if too large
+    small = box_w * box_h < min_area
+    box_h = torch.where(small, box_h + 1, box_h)
+    box_w = torch.where(small, torch.round(box_h * aspect), box_w)
+    large = box_w * box_h > max_area
+    box_h = torch.where(large, box_h - 1, box_h)
+    box_w = torch.where(large, torch.round(box_h * aspect), box_w)
+    area = box_w * box_h
+    valid = (area >= min_area) & (area <= max_area) & (box_w <= width) & (box_h <= height) & (box_w > 0) & (box_h > 0)
+
+    first = torch.where(valid.any(1), valid.float().argmax(1), torch.full((batch_size,), -1, device=device))
+    pick = first.clamp_min(0)[:, None]  # (B, 1)
+    box_w = box_w.gather(1, pick).squeeze(1)  # (B,)
     box_h = box_h.gather(1, pick).squeeze(1)
-    x0 = uniforms[2].gather(1, pick).squeeze(1) * (width - box_w)
-    y0 = uniforms[3].gather(1, pick).squeeze(1) * (height - box_h)
-    whole = first < 0
-    full = torch.tensor([0.0, 0.0, float(width), float(height)], device=fits.device)
+    y0 = torch.where(box_h < height, _uniform_int(uniforms[2].gather(1, pick).squeeze(1), height - box_h), 0.0)
+    x0 = torch.where(box_w < width, _uniform_int(uniforms[3].gather(1, pick).squeeze(1), width - box_w), 0.0)
+    full = torch.tensor([0.0, 0.0, float(width), float(height)], device=device)
     boxes = torch.stack([x0, y0, box_w, box_h], dim=1)  # (B, 4)
-    return torch.where(whole[:, None], full, boxes)
+    return torch.where((first < 0)[:, None], full, boxes)
 
 
 def crop_resize(inputs: Tensor, boxes: Tensor, output_size: tuple[int, int], flip: Tensor | None = None) -> Tensor:
@@ -171,15 +210,16 @@ def inception_crop(
     generator: torch.Generator,
     output_size: int | tuple[int, int] | None = None,
     area_range: tuple[float, float] = (0.05, 1.0),
-    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+    aspect_range: tuple[float, float] = (0.75, 1.33),
     return_boxes: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Random-resized ("Inception-style") crop of each image of a (B, C, H, W) batch, on its device.
 
     Each sample gets its own box (see :func:`sample_crop_boxes`), resized to ``output_size`` (default: the
     input size). The default area range 5%-100% is big_vision's ``inception_crop`` default (area_min=5),
-    which the paper's configs use; torchvision's ``RandomResizedCrop`` uses 8%-100%. The aspect range 3/4-4/3
-    is the default of TensorFlow's ``sample_distorted_bounding_box`` and of torchvision.
+    which the paper's configs use; torchvision's ``RandomResizedCrop`` uses 8%-100%. The default aspect range
+    0.75-1.33 is TensorFlow's ``sample_distorted_bounding_box`` default, which big_vision's ``inception_crop``
+    keeps (torchvision uses 3/4-4/3, log-uniform; TF draws the ratio uniformly).
     Returns the crops, and the boxes (B, 4) = (x0, y0, w, h) in input pixels with ``return_boxes``.
     """
     _, _, height, width = inputs.shape

@@ -72,7 +72,7 @@ class FunMatchConfig(MethodConfig):
     crop_area_min: float = 0.05  # big_vision's inception_crop default (area_min=5)
     crop_area_max: float = 1.0
     crop_aspect_min: float = 0.75
-    crop_aspect_max: float = 4 / 3
+    crop_aspect_max: float = 1.33  # TF's sample_distorted_bounding_box default, used by big_vision
     crop_size: int | None = None  # output side; None = the input size
     flip: bool = True  # random left-right flip
 

@@ -1,14 +1,16 @@
 """CIFAR ResNets of the distillation benchmarks (CRD / RepDistiller, SimKD, mdistiller).
 
 Layers follow HobbitLong/RepDistiller models/resnet.py (resnet8 ... resnet110, resnet8x4, resnet32x4)
-and DefangChen/SimKD models/resnet.py (resnet116, resnet110x2), which define the same network: a 3x3
+and DefangChen/SimKD models/resnet.py (resnet38, resnet38x2, resnet116, resnet110x2), which define the same network: a 3x3
 stem, three stages of BasicBlocks (depth = 6n + 2) at strides 1, 2, 2, global average pooling and a
 linear classifier. Module names are the reference's, so the published teacher checkpoints (saved as
 ``{"model": state_dict}``) load directly with ``checkpoint:``.
 
 The ``x4`` / ``x2`` names give the reference's channel lists, which do not scale the stem uniformly:
 resnet8x4 / resnet32x4 use [32, 64, 128, 256] (stem doubled, stages x4), resnet110x2 uses
-[16, 32, 64, 128] (stem unchanged, stages x2). Parameter counts for 100 classes are recorded in
+[16, 32, 64, 128] (stem unchanged, stages x2), as does resnet38x2. SimKD's tables label resnet38x2 /
+resnet38 "WRN-40-2" / "WRN-40-1" (its models/resnet.py: "We use the wrn notation to be consistent with
+the previous work"); they are not RepDistiller's pre-activation ``wrn_40_2`` / ``wrn_40_1``. Parameter counts for 100 classes are recorded in
 tests/test_zoo.py.
 
 Differences from the reference: the stem takes ``input_shape[0]`` channels and pooling is adaptive
@@ -109,6 +111,10 @@ CIFAR_RESNETS: dict[str, tuple[int, list[int], str]] = {
     "resnet8x4": (8, [32, 64, 128, 256], RESNET_SOURCE),
     "resnet32x4": (32, [32, 64, 128, 256], RESNET_SOURCE),
     "resnet110x2": (110, [16, 32, 64, 128], SIMKD_RESNET_SOURCE),
+    # SimKD's tables call these "WRN-40-1" / "WRN-40-2" / "WRN-16-2"; its code trains these post-activation ResNets.
+    "resnet38": (38, [16, 16, 32, 64], SIMKD_RESNET_SOURCE),
+    "resnet38x2": (38, [16, 32, 64, 128], SIMKD_RESNET_SOURCE),
+    "resnet14x2": (14, [16, 32, 64, 128], SIMKD_RESNET_SOURCE),
 }
 
 # Parameter counts at 100 classes, 32x32x3, computed from the reference code's layer definitions.
@@ -124,6 +130,9 @@ REFERENCE_PARAMETERS = {
     "resnet8x4": 1_233_540,
     "resnet32x4": 7_433_860,
     "resnet110x2": 6_911_220,
+    "resnet38": 569_972,
+    "resnet38x2": 2_255_604,
+    "resnet14x2": 703_732,
 }
 
 

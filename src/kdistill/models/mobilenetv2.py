@@ -11,8 +11,11 @@ Constrained Optimization"), also DefangChen/SimKD models/mobilenetv2.py. Note th
 The stem is a stride-2 3x3 conv, then seven groups of inverted residuals, a 1x1 conv to 1280 channels
 (BN + ReLU), global average pooling and a linear classifier. Module names are the reference's.
 
-Taps: stages = outputs of blocks[1], blocks[2], blocks[4], blocks[6] (the reference's f1..f4) and the
-final 1x1 conv's map (1280 channels, after its ReLU), which is stages[-1].
+Taps: stages = outputs of blocks[1], blocks[2], blocks[4], blocks[6] -- the reference's f1..f4 of
+``forward(is_feat=True)`` (its f0 is the stem, f5 the pooled vector). So ``stages[-1]`` is the
+blocks[6] map (the reference's ``feat[-2]``, which SimKD projects and SP compares), and the 1x1 conv to
+1280 channels belongs to the classifier head: ``classifier_head()`` = conv2 (+ BN + ReLU) -> global
+average pooling -> linear, and ``embedding`` is the pooled 1280-d vector (the reference's f5).
 """
 
 from __future__ import annotations
@@ -39,6 +42,24 @@ def conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
 
 def conv_1x1_bn(inp: int, oup: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup), nn.ReLU(inplace=True))
+
+
+class MapPoolLinearHead(PoolLinearHead):
+    """final map -> ``pre`` (e.g. a 1x1 conv + BN + ReLU, or BN + ReLU) -> global average pool -> ``fc``.
+
+    For models whose classifier transforms the last tapped stage before pooling. ``pool`` (and its alias
+    ``embed``) return the classifier's input, as :class:`PoolLinearHead`'s ``pool`` does.
+    """
+
+    def __init__(self, pre: nn.Module, fc: nn.Linear) -> None:
+        super().__init__(fc)
+        self.pre = pre
+
+    def pool(self, feature_map: Tensor) -> Tensor:
+        return super().pool(self.pre(feature_map))  # (B, D)
+
+    def embed(self, feature_map: Tensor) -> Tensor:
+        return self.pool(feature_map)
 
 
 class InvertedResidual(nn.Module):
@@ -96,13 +117,14 @@ class MobileNetV2(TappedModel):
         f1 = self.blocks[1](self.blocks[0](out))  # (B, 24w, H/2, W/2)
         f2 = self.blocks[2](f1)  # (B, 32w, H/4, W/4)
         f3 = self.blocks[4](self.blocks[3](f2))  # (B, 96w, H/8, W/8)
-        f4 = self.blocks[6](self.blocks[5](f3))  # (B, 320w, H/16, W/16)
-        final = self.conv2(f4)  # (B, 1280, H/16, W/16)
-        embedding = torch.flatten(F.adaptive_avg_pool2d(final, 1), 1)  # (B, 1280), as PoolLinearHead pools
-        return Features(stages=[f1, f2, f3, f4, final], embedding=embedding, logits=self.classifier(embedding))
+        f4 = self.blocks[6](self.blocks[5](f3))  # (B, 320w, H/16, W/16): stages[-1]
+        head_map = self.conv2(f4)  # (B, 1280, H/16, W/16), inside the classifier head
+        embedding = torch.flatten(F.adaptive_avg_pool2d(head_map, 1), 1)  # (B, 1280), as the head pools
+        return Features(stages=[f1, f2, f3, f4], embedding=embedding, logits=self.classifier(embedding))
 
-    def classifier_head(self) -> PoolLinearHead:
-        return PoolLinearHead(self.classifier[0])
+    def classifier_head(self) -> MapPoolLinearHead:
+        """conv2 (1x1 conv + BN + ReLU) -> global average pool -> linear; maps ``stages[-1]`` to the logits."""
+        return MapPoolLinearHead(self.conv2, self.classifier[0])
 
 
 @register_model(

@@ -6,9 +6,12 @@ Layers follow HobbitLong/RepDistiller models/ShuffleNetv1.py (``ShuffleV1``: gro
 352, 704, 1024). The CIFAR variants use a 1x1 stem with 24 channels and no max-pool; each stage
 starts with a stride-2 block. Module names are the reference's.
 
-Taps: ShuffleNetV1 -- stages = outputs of layer1, layer2, layer3 (after the final ReLU); ShuffleNetV2
--- outputs of layer1, layer2, layer3 and the final 1x1 conv's map (after BN + ReLU), which is
-stages[-1].
+Taps (the reference's f1..f3 of ``forward(is_feat=True)``; its f0 is the stem, f4 the pooled vector):
+stages = outputs of layer1, layer2, layer3 for both. ShuffleNetV1's layer3 output is the map its linear
+classifier pools. ShuffleNetV2's ``stages[-1]`` is the layer3 map (e.g. 464 channels for ShuffleV2: the
+reference's ``feat[-2]``, which SimKD projects and SP compares); its 1x1 conv to 1024 channels belongs
+to the classifier head: ``classifier_head()`` = conv2 -> bn2 -> ReLU -> global average pooling -> linear,
+and ``embedding`` is the pooled 1024-d vector (the reference's f4).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.models import register_model
+from kdistill.models.mobilenetv2 import MapPoolLinearHead
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 V1_SOURCE = "HobbitLong/RepDistiller models/ShuffleNetv1.py (ShuffleV1)"
@@ -183,13 +187,14 @@ class ShuffleNetV2(TappedModel):
         out = F.relu(self.bn1(self.conv1(x)))  # (B, 24, H, W)
         f1 = self.layer1(out)  # (B, C1, H/2, W/2)
         f2 = self.layer2(f1)  # (B, C2, H/4, W/4)
-        f3 = self.layer3(f2)  # (B, C3, H/8, W/8)
-        final = F.relu(self.bn2(self.conv2(f3)))  # (B, 1024, H/8, W/8)
-        embedding = _global_pool(final)
-        return Features(stages=[f1, f2, f3, final], embedding=embedding, logits=self.linear(embedding))
+        f3 = self.layer3(f2)  # (B, C3, H/8, W/8): stages[-1]
+        head_map = F.relu(self.bn2(self.conv2(f3)))  # (B, 1024, H/8, W/8), inside the classifier head
+        embedding = _global_pool(head_map)  # (B, 1024)
+        return Features(stages=[f1, f2, f3], embedding=embedding, logits=self.linear(embedding))
 
-    def classifier_head(self) -> PoolLinearHead:
-        return PoolLinearHead(self.linear)
+    def classifier_head(self) -> MapPoolLinearHead:
+        """conv2 -> bn2 -> ReLU -> global average pool -> linear; maps ``stages[-1]`` to the logits."""
+        return MapPoolLinearHead(nn.Sequential(self.conv2, self.bn2, nn.ReLU()), self.linear)
 
 
 @register_model(

@@ -5,9 +5,10 @@ with 16 channels, three groups of pre-activation blocks (depth = 6n + 4) with 16
 at strides 1, 2, 2, then BN + ReLU, global average pooling and a linear classifier. Module names are
 the reference's, so its teacher checkpoints load directly.
 
-Taps: stages = outputs of block1, block2 and relu(bn1(block3)) -- the first two are the blocks' raw
-(pre-activation) sums, as in the reference's feature list; the last is the final map the classifier
-pools (after the final BN + ReLU).
+Taps: stages = outputs of block1, block2, block3 -- the blocks' raw (pre-activation) sums, the
+reference's f1..f3 of ``forward(is_feat=True)`` (its f0 is the stem output, f4 the pooled vector). The
+final BN + ReLU belongs to the classifier head: ``classifier_head()`` = bn1 -> ReLU -> global average
+pooling -> fc, so it maps ``stages[-1]`` (the raw block3 output) to the logits.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from torch import Tensor, nn
 
 from kdistill.models import register_model
 from kdistill.models.initialization import reference_init
-from kdistill.models.taps import Features, PoolLinearHead, TappedModel
+from kdistill.models.mobilenetv2 import MapPoolLinearHead
+from kdistill.models.taps import Features, TappedModel
 
 WRN_SOURCE = "HobbitLong/RepDistiller models/wrn.py"
 
@@ -93,12 +95,14 @@ class WideResNet(TappedModel):
         out = self.conv1(x)  # (B, 16, H, W)
         f1 = self.block1(out)  # (B, 16k, H, W)
         f2 = self.block2(f1)  # (B, 32k, H/2, W/2)
-        f3 = F.relu(self.bn1(self.block3(f2)))  # (B, 64k, H/4, W/4)
-        embedding = torch.flatten(F.adaptive_avg_pool2d(f3, 1), 1)  # (B, 64k), as PoolLinearHead pools
+        f3 = self.block3(f2)  # (B, 64k, H/4, W/4), raw (before the final BN + ReLU): stages[-1]
+        activated = F.relu(self.bn1(f3))  # (B, 64k, H/4, W/4), inside the classifier head
+        embedding = torch.flatten(F.adaptive_avg_pool2d(activated, 1), 1)  # (B, 64k), as the head pools
         return Features(stages=[f1, f2, f3], embedding=embedding, logits=self.fc(embedding))
 
-    def classifier_head(self) -> PoolLinearHead:
-        return PoolLinearHead(self.fc)
+    def classifier_head(self) -> MapPoolLinearHead:
+        """bn1 -> ReLU -> global average pool -> fc; maps ``stages[-1]`` to the logits."""
+        return MapPoolLinearHead(nn.Sequential(self.bn1, nn.ReLU()), self.fc)
 
 
 def _register(name: str, depth: int, widen_factor: int) -> None:
