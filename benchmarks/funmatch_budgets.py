@@ -139,6 +139,7 @@ def plot(rows: list[dict], args: argparse.Namespace, teacher_acc: float, path: P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for mode in args.modes:
@@ -155,6 +156,7 @@ def plot(rows: list[dict], args: argparse.Namespace, teacher_acc: float, path: P
         axis.set_xlabel("epochs (each budget its own cosine schedule)")
         axis.set_xscale("log")
         axis.set_xticks(args.budgets, [str(b) for b in args.budgets])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the budgets are labelled
         axis.set_ylabel("%")
         axis.grid(alpha=0.3)
         axis.legend()
