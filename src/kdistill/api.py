@@ -145,7 +145,8 @@ def demo(
         f"students {student_epochs} epochs, KD T={temperature:g}, lambda={kd_weight:g}. Wall time {wall:.0f} s."
     )
     runs = [teacher["run_dir"], *(s["run_dir"] for s in baseline + distilled)]
-    plot = plot_metric(runs[1:], "test_acc", out / "demo_test_acc.png", "Fashion-MNIST: MLP student alone vs KD")
+    plot = plot_metric(runs[1:], "test_acc", out / "demo_test_acc.png", "Fashion-MNIST: MLP student alone vs KD",
+                       references={"teacher CNN": teacher["final_test_acc"]})
     (out / "demo.md").write_text(f"{table}\n\n{note}\n")
     log("\n" + table + "\n\n" + note + f"\nRun directories under {out}/; plot: {plot}")
     return {"table": table, "teacher": teacher, "baseline": baseline, "distilled": distilled, "wall_time_s": wall}

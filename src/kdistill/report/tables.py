@@ -64,8 +64,11 @@ def runs_table(run_dirs: Sequence[str | Path], baseline: str | None = None) -> s
     return markdown_table(headers, rows)
 
 
-def plot_metric(run_dirs: Sequence[str | Path], metric: str, path: str | Path, title: str = "") -> Path:
-    """Plot ``metric`` per epoch for each experiment (mean over its trials, band = ± std)."""
+def plot_metric(
+    run_dirs: Sequence[str | Path], metric: str, path: str | Path, title: str = "", references: dict[str, float] | None = None
+) -> Path:
+    """Plot ``metric`` per epoch for each experiment (mean over its trials, band = ± std);
+    ``references`` draws labelled horizontal lines (e.g. the teacher's accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,6 +86,8 @@ def plot_metric(run_dirs: Sequence[str | Path], metric: str, path: str | Path, t
         axis.plot(epochs, means, marker="o", label=name)
         if len(trials) > 1:
             axis.fill_between(epochs, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
+    for label, value in (references or {}).items():
+        axis.axhline(value, linestyle="--", color="grey", label=f"{label} ({value:.2f})")
     axis.set_xlabel("epoch")
     axis.set_ylabel(metric)
     axis.set_title(title or metric)
