@@ -182,7 +182,9 @@ def train_one_epoch(
     correct = torch.zeros((), device=device)
     seen = 0
     steps = len(loader) if train.max_steps_per_epoch is None else min(len(loader), train.max_steps_per_epoch)
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False, disable=not (train.progress and is_main_process()))
+    show = train.progress and is_main_process()
+    # disable=None: bars only on a terminal, so logs piped to a file stay readable
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False, disable=None if show else True)
     for step, batch in enumerate(loader):
         if step >= steps:
             break
