@@ -21,34 +21,26 @@ import numpy as np
 
 from kdistill.config import DataConfig
 from kdistill.data import DatasetSplits, register_dataset
-from kdistill.data.imagefolder import default_roots, download_root, file_splits, not_found
+from kdistill.data.imagefolder import file_splits, locate, not_found
 
 FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 REQUIRED = ["jpg/", "imagelabels.mat", "setid.mat"]
 
 
-def _find(config: DataConfig) -> Path:
-    candidates = default_roots(config, "flowers-102")
-    for candidate in candidates:
-        if (candidate / "jpg").is_dir() and (candidate / "imagelabels.mat").is_file() and (candidate / "setid.mat").is_file():
-            return candidate
-    if config.download:
-        from torchvision.datasets import Flowers102
+def _download(root: Path) -> None:
+    from torchvision.datasets import Flowers102
 
-        root = download_root(config)
-        Flowers102(str(root), split="train", download=True)
-        return root / "flowers-102"
-    raise not_found(
-        "Flowers102",
-        candidates,
-        REQUIRED,
-        [
-            "--set data.download=true   (torchvision.datasets.Flowers102 downloads 102flowers.tgz, imagelabels.mat and "
-            "setid.mat to data.root/flowers-102 or ~/.cache/kdistill/flowers-102)",
-            f"download 102flowers.tgz, imagelabels.mat and setid.mat from {FLOWERS_URL}, untar, then "
-            "--set data.root=DIR   (DIR/jpg/image_00001.jpg, DIR/imagelabels.mat, DIR/setid.mat)",
-        ],
-    )
+    Flowers102(str(root), split="train", download=True)
+
+
+def _find(config: DataConfig) -> Path:
+    how = [
+        "--set data.download=true   (torchvision.datasets.Flowers102 downloads 102flowers.tgz, imagelabels.mat and "
+        "setid.mat to data.root/flowers-102 or ~/.cache/kdistill/flowers-102)",
+        f"download 102flowers.tgz, imagelabels.mat and setid.mat from {FLOWERS_URL}, untar, then "
+        "--set data.root=DIR   (DIR/jpg/image_00001.jpg, DIR/imagelabels.mat, DIR/setid.mat)",
+    ]
+    return locate(config, "Flowers102", "flowers-102", REQUIRED, how, _download)
 
 
 def _class_names() -> list[str] | None:

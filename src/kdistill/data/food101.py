@@ -20,35 +20,26 @@ from pathlib import Path
 
 from kdistill.config import DataConfig
 from kdistill.data import DatasetSplits, register_dataset
-from kdistill.data.imagefolder import default_roots, download_root, file_splits, not_found
+from kdistill.data.imagefolder import file_splits, locate, not_found
 
 FOOD_URL = "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/"
 FOOD_ARCHIVE = "http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz"
 
 
-def _find(config: DataConfig) -> Path:
-    candidates = default_roots(config, "food-101")
-    for candidate in candidates:
-        meta = candidate / "meta"
-        if (candidate / "images").is_dir() and (meta / "train.json").is_file() and (meta / "test.json").is_file():
-            return candidate
-    if config.download:
-        from torchvision.datasets import Food101
+def _download(root: Path) -> None:
+    from torchvision.datasets import Food101
 
-        root = download_root(config)
-        Food101(str(root), split="train", download=True)
-        return root / "food-101"
-    raise not_found(
-        "Food-101",
-        candidates,
-        ["images/<class>/", "meta/train.json", "meta/test.json"],
-        [
-            f"--set data.download=true   (torchvision.datasets.Food101 downloads {FOOD_ARCHIVE}, about 5 GB, "
-            "to data.root/food-101 or ~/.cache/kdistill/food-101)",
-            f"download food-101.tar.gz ({FOOD_URL}), untar it in DIR, then --set data.root=DIR   "
-            "(DIR/food-101/images/, DIR/food-101/meta/)",
-        ],
-    )
+    Food101(str(root), split="train", download=True)
+
+
+def _find(config: DataConfig) -> Path:
+    how = [
+        f"--set data.download=true   (torchvision.datasets.Food101 downloads {FOOD_ARCHIVE}, about 5 GB, "
+        "to data.root/food-101 or ~/.cache/kdistill/food-101)",
+        f"download food-101.tar.gz ({FOOD_URL}), untar it in DIR, then --set data.root=DIR   "
+        "(DIR/food-101/images/, DIR/food-101/meta/)",
+    ]
+    return locate(config, "Food-101", "food-101", ["images/", "meta/train.json", "meta/test.json"], how, _download)
 
 
 @register_dataset(

@@ -61,6 +61,27 @@ def download_root(config: DataConfig) -> Path:
     return Path(config.root).expanduser() if config.root else CACHE_DIR
 
 
+def locate(
+    config: DataConfig,
+    title: str,
+    subfolder: str,
+    required: Sequence[str],
+    how: Sequence[str],
+    download: Callable[[Path], None] | None = None,
+) -> Path:
+    """The first candidate root (:func:`default_roots`) holding every ``required`` path ("x/" = a folder);
+    else, with ``data.download``, ``download(root)`` fills ``<root>/<subfolder>``; else DatasetNotFoundError."""
+    candidates = default_roots(config, subfolder)
+    for candidate in candidates:
+        if all((candidate / name).is_dir() if name.endswith("/") else (candidate / name).is_file() for name in required):
+            return candidate
+    if config.download and download is not None:
+        root = download_root(config)
+        download(root)
+        return root / subfolder
+    raise not_found(title, candidates, required, how)
+
+
 def not_found(title: str, looked: Sequence[Path | str], required: Sequence[str], how: Sequence[str]) -> DatasetNotFoundError:
     """A DatasetNotFoundError naming where we looked, which files were required and how to get them."""
     lines = [

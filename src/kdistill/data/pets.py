@@ -20,35 +20,27 @@ from pathlib import Path
 
 from kdistill.config import DataConfig
 from kdistill.data import DatasetSplits, register_dataset
-from kdistill.data.imagefolder import default_roots, download_root, file_splits, not_found
+from kdistill.data.imagefolder import file_splits, locate, not_found
 
 PETS_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 NUM_CLASSES = 37
 
 
-def _find(config: DataConfig) -> Path:
-    candidates = default_roots(config, "oxford-iiit-pet")
-    for candidate in candidates:
-        annotations = candidate / "annotations"
-        if (candidate / "images").is_dir() and (annotations / "trainval.txt").is_file() and (annotations / "test.txt").is_file():
-            return candidate
-    if config.download:
-        from torchvision.datasets import OxfordIIITPet
+def _download(root: Path) -> None:
+    from torchvision.datasets import OxfordIIITPet
 
-        root = download_root(config)
-        OxfordIIITPet(str(root), split="trainval", download=True)
-        return root / "oxford-iiit-pet"
-    raise not_found(
-        "Oxford-IIIT Pets",
-        candidates,
-        ["images/", "annotations/trainval.txt", "annotations/test.txt"],
-        [
-            "--set data.download=true   (torchvision.datasets.OxfordIIITPet downloads images.tar.gz and annotations.tar.gz "
-            "to data.root/oxford-iiit-pet or ~/.cache/kdistill/oxford-iiit-pet)",
-            f"download images.tar.gz and annotations.tar.gz from {PETS_URL}, untar both into DIR, then "
-            "--set data.root=DIR   (DIR/images/*.jpg, DIR/annotations/trainval.txt)",
-        ],
-    )
+    OxfordIIITPet(str(root), split="trainval", download=True)
+
+
+def _find(config: DataConfig) -> Path:
+    how = [
+        "--set data.download=true   (torchvision.datasets.OxfordIIITPet downloads images.tar.gz and annotations.tar.gz "
+        "to data.root/oxford-iiit-pet or ~/.cache/kdistill/oxford-iiit-pet)",
+        f"download images.tar.gz and annotations.tar.gz from {PETS_URL}, untar both into DIR, then "
+        "--set data.root=DIR   (DIR/images/*.jpg, DIR/annotations/trainval.txt)",
+    ]
+    required = ["images/", "annotations/trainval.txt", "annotations/test.txt"]
+    return locate(config, "Oxford-IIIT Pets", "oxford-iiit-pet", required, how, _download)
 
 
 def read_annotations(path: Path) -> list[tuple[str, int]]:
