@@ -25,9 +25,7 @@ from pathlib import Path
 import torch
 
 from kdistill.config import load_config
-from kdistill.engine.loop import TrainingDivergedError, build_method, fit  # type: ignore[attr-defined]
-from kdistill.methods import DataInfo
-from kdistill.report.accounting import parameter_report
+from kdistill.engine.loop import TrainingDivergedError, fit
 from kdistill.report.tables import format_mean_std, markdown_table, mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,20 +88,22 @@ def main() -> None:
         report = None
         for seed in range(args.seeds):
             config = load_config(CONFIG, [*base, *overrides, f"seed={seed}", f"name=fm_{slug}-seed{seed}"])
+            finished = Path(config.output_dir) / config.name / "summary.json"
             started = time.time()
-            try:
-                summary = fit(config, overwrite=True, log=lambda text: None)
-            except TrainingDivergedError as error:
-                log(f"{label} seed {seed}: diverged ({str(error)[:100]})")
-                diverged += 1
-                continue
-            times.append(time.time() - started)
+            if finished.is_file():  # an earlier, interrupted invocation finished this run: reuse it
+                summary = json.loads(finished.read_text())
+            else:
+                try:
+                    summary = fit(config, overwrite=True, log=lambda text: None)
+                except TrainingDivergedError as error:
+                    log(f"{label} seed {seed}: diverged ({str(error)[:100]})")
+                    diverged += 1
+                    continue
+            times.append(summary["wall_time_s"])
             accs.append(summary["final_test_acc"])
             best_accs.append(summary["test_acc_at_best_val"])
-            if report is None:
-                info = DataInfo(num_classes=10, input_shape=(1, 28, 28), num_train=args.train_subset)
-                report = parameter_report(build_method(config, info))
-            log(f"{label} seed {seed}: test {summary['final_test_acc']:.2f} ({times[-1]:.0f}s)")
+            report = report or {key: summary[key] for key in ("params_deployed", "pruning_ratio")}  # from summary.json
+            log(f"{label} seed {seed}: test {summary['final_test_acc']:.2f} ({time.time() - started:.0f}s)")
         results[label] = {"overrides": overrides, "final_test_acc": accs, "test_acc_at_best_val": best_accs,
                           "seconds": times, "diverged": diverged, "parameters": report}
 
