@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="seed 002's story on Fashion-MNIST: teacher CNN, MLP alone, MLP + KD, table",
                                description="Train a CNN teacher, an MLP student alone and an MLP student with Hinton KD on "
-                               "Fashion-MNIST, then print the comparison table (about 3 minutes on 2 CPU cores).")
+                               "Fashion-MNIST, then print the comparison table (about 2-3 minutes on 2 CPU cores).")
     demo.add_argument("--trials", type=int, default=3, help="seeds per student (mean ± std over them; default 3)")
     demo.add_argument("--teacher-epochs", type=int, default=4, help="epochs of the CNN teacher (default 4)")
     demo.add_argument("--student-epochs", type=int, default=10, help="epochs of each student run (default 10)")
