@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from kdistill.config import Config, ConfigError, load_config, replace
 from kdistill.data import build_data, make_loader
-from kdistill.engine.export import load_student
+from kdistill.engine.export import load_student, student_from_payload
 from kdistill.engine.loop import build_method, evaluate, fit, load_method_state, resolve_device
 from kdistill.methods import METHODS, DataInfo
 from kdistill.models.loading import STUDENT_KIND, read_checkpoint, resolve_checkpoint_path
@@ -52,7 +52,7 @@ def run_trials(
 def evaluate_checkpoint(
     path: str | Path, split: str = "test", overrides: list[str] | None = None, device: str = "auto"
 ) -> dict[str, Any]:
-    """Accuracy (top-1/top-5), loss and, where teachers are known, agreement of a run's student.
+    """Accuracy (top-1/top-5) and loss of a run's deployable student on ``split``.
 
     ``path``: a run directory (its ``student.pt``, else ``best.pt``), a ``student.pt`` or a
     ``best.pt``/``last.pt``. ``overrides`` change the data section (e.g. ``data.root=...``).
@@ -61,19 +61,18 @@ def evaluate_checkpoint(
     payload = read_checkpoint(target)
     torch_device = resolve_device(device)
     if isinstance(payload, dict) and payload.get("kind") == STUDENT_KIND:
-        module, config, info = load_student(target)
+        model, config, _ = student_from_payload(payload)
         config = replace(config, overrides or [])
-        model = module.to(torch_device)
+        data = build_data(config.data, config.seed)
     else:
         if not isinstance(payload, dict) or "config" not in payload:
             raise ConfigError(f"{target} is not a kdistill run checkpoint; evaluate a run directory or student.pt")
-        config = replace(load_config(base=payload["config"]), overrides or [])
+        config = load_config(base=payload["config"], overrides=overrides)
         data = build_data(config.data, config.seed)
         info = DataInfo(data.num_classes, data.input_shape, len(data.train), config.data.batch_size)  # type: ignore[arg-type]
-        method = build_method(config, info)
-        load_method_state(method, payload["method_state"])
-        model = method.to(torch_device)
-    data = build_data(config.data, config.seed)
+        model = build_method(config, info)
+        load_method_state(model, payload["method_state"])
+    model = model.to(torch_device)
     dataset = {"train": data.train, "val": data.val, "test": data.test}.get(split)
     if dataset is None:
         raise ConfigError(f"split {split!r} is not available for {config.data.name} (train, val, test)")

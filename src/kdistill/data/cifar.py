@@ -28,9 +28,7 @@ from torch import Tensor
 from kdistill.config import DataConfig
 from kdistill.data import DatasetSplits, register_dataset
 from kdistill.data.imagefolder import default_roots, download_root, not_found
-from kdistill.data.transforms import TensorImageDataset, build_transforms
-
-PREPARE_LIMIT_BYTES = 1 << 30  # above this, deterministic splits are transformed per item, not all at once
+from kdistill.data.transforms import tensor_splits
 
 CIFAR = {
     "cifar10": {
@@ -111,41 +109,6 @@ def _class_names(directory: Path, spec: dict) -> list[str] | None:
     if names is None or len(names) != spec["num_classes"]:
         return None
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-
-
-def tensor_splits(
-    config: DataConfig,
-    train: tuple[Tensor, Tensor],
-    test: tuple[Tensor, Tensor],
-    num_classes: int,
-    mean,
-    std,
-    class_names: list[str] | None,
-    default_val_size: int,
-) -> DatasetSplits:
-    """In-memory uint8 (N, C, H, W) splits; deterministic splits are prepared at once unless that is over 1 GiB."""
-    images = train[0]
-    native = images.shape[-1]
-    size = config.image_size or native
-    train_tf, eval_tf = build_transforms(config.augment, config.image_size, native, mean, std)
-    augmented = config.augment != "none"
-
-    def dataset(pair: tuple[Tensor, Tensor], transform, random: bool) -> TensorImageDataset:
-        prepared_bytes = pair[0].shape[0] * pair[0].shape[1] * size * size * 4
-        return TensorImageDataset(pair[0], pair[1], transform, random=random or prepared_bytes > PREPARE_LIMIT_BYTES)
-
-    train_set = dataset(train, train_tf, augmented)
-    return DatasetSplits(
-        train=train_set,
-        # lazy: only the carved validation samples of it are ever transformed
-        train_eval=TensorImageDataset(train[0], train[1], eval_tf, random=True) if augmented else train_set,
-        test=dataset(test, eval_tf, False),
-        num_classes=num_classes,
-        input_shape=(images.shape[1], size, size),
-        class_names=class_names,
-        train_augmented=augmented,
-        default_val_size=default_val_size,
-    )
 
 
 def _cifar(config: DataConfig, name: str) -> DatasetSplits:

@@ -35,7 +35,7 @@ import torch
 
 from kdistill.config import DataConfig
 from kdistill.data import DatasetSplits, register_dataset
-from kdistill.data.cifar import tensor_splits
+from kdistill.data.transforms import tensor_splits
 from kdistill.data.imagefolder import CACHE_DIR, download_root, not_found
 from kdistill.data.mnist_like import read_idx
 

@@ -17,7 +17,7 @@ import torch
 
 from kdistill.config import DataConfig
 from kdistill.data import DatasetNotFoundError, DatasetSplits, register_dataset
-from kdistill.data.transforms import TensorImageDataset, build_transforms
+from kdistill.data.transforms import tensor_splits
 
 FASHION_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -96,12 +96,12 @@ def fashion_mnist(config: DataConfig) -> DatasetSplits:
     directory = _fashion_dir(config)
     arrays = {key: read_idx(_idx_file(directory, stem)) for key, stem in FASHION_FILES.items()}
     mean, std = (0.2860,), (0.3530,)
-    return _in_memory_splits(
+    return tensor_splits(
         config,
-        train_images=torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),  # (N, 1, 28, 28)
-        train_labels=torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-        test_images=torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
-        test_labels=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        train=(torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),  # (N, 1, 28, 28)
+               torch.from_numpy(arrays["train_labels"].astype(np.int64))),
+        test=(torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1), torch.from_numpy(arrays["test_labels"].astype(np.int64))),
+        num_classes=len(FASHION_CLASSES),
         mean=mean,
         std=std,
         class_names=FASHION_CLASSES,
@@ -125,34 +125,13 @@ def digits(config: DataConfig) -> DatasetSplits:
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     test_count = len(labels) // 5
     test_idx, train_idx = order[:test_count].sort().values, order[test_count:].sort().values
-    return _in_memory_splits(
+    return tensor_splits(
         config,
-        train_images=images[train_idx],
-        train_labels=labels[train_idx],
-        test_images=images[test_idx],
-        test_labels=labels[test_idx],
+        train=(images[train_idx], labels[train_idx]),
+        test=(images[test_idx], labels[test_idx]),
+        num_classes=10,
         mean=(0.3059,),
         std=(0.3753,),
         class_names=[str(i) for i in range(10)],
         default_val_size=180,
-    )
-
-
-def _in_memory_splits(
-    config: DataConfig, train_images, train_labels, test_images, test_labels, mean, std, class_names, default_val_size
-) -> DatasetSplits:
-    native = train_images.shape[-1]
-    train_tf, eval_tf = build_transforms(config.augment, config.image_size, native, mean, std)
-    random = config.augment != "none"
-    size = config.image_size or native
-    train = TensorImageDataset(train_images, train_labels, train_tf, random=random)
-    return DatasetSplits(
-        train=train,
-        train_eval=TensorImageDataset(train_images, train_labels, eval_tf, random=False) if random else train,
-        test=TensorImageDataset(test_images, test_labels, eval_tf, random=False),
-        num_classes=len(class_names),
-        input_shape=(train_images.shape[1], size, size),
-        class_names=class_names,
-        train_augmented=random,
-        default_val_size=default_val_size,
     )

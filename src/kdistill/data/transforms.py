@@ -1,4 +1,4 @@
-"""Per-sample transform presets (``data.augment``) and an in-memory image dataset.
+"""Per-sample transform presets (``data.augment``), an in-memory image dataset and its splits builder.
 
 Each preset maps (image size, native size, mean, std) to a (train, eval) pair of torchvision v2
 transforms taking a uint8 image (tensor (C, H, W) or PIL) to a normalised float tensor (C, H, W).
@@ -23,7 +23,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from kdistill.config import ConfigError
+from kdistill.config import ConfigError, DataConfig
+from kdistill.data import DatasetSplits
 from kdistill.registry import Registry
 
 Transform = Callable[..., Tensor]
@@ -102,20 +103,25 @@ def build_transforms(preset: str, image_size: int | None, native_size: int, mean
     return builder(image_size or native_size, native_size, tuple(mean), tuple(std))
 
 
+PREPARE_LIMIT_BYTES = 1 << 30  # above this, deterministic splits are transformed per item, not all at once
+
+
 class TensorImageDataset(Dataset):
     """Images held in memory as uint8 (N, C, H, W) with int labels.
 
-    Without a random transform the whole set is converted once (fast path for small data).
+    With ``per_item=False`` (a deterministic transform) the whole set is converted once (fast path for
+    small data); ``per_item=True`` applies the transform at every access (random augmentation, or sets too
+    large to hold converted).
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, transform: Transform, random: bool) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, transform: Transform, per_item: bool) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         self.labels = labels.to(torch.int64)
         self.transform = transform
         self.images = images
         self.prepared: Tensor | None = None
-        if not random:
+        if not per_item:
             self.prepared = _apply_batched(transform, images)
 
     def __len__(self) -> int:
@@ -129,3 +135,38 @@ class TensorImageDataset(Dataset):
 def _apply_batched(transform: Transform, images: Tensor) -> Tensor:
     """Apply a deterministic v2 transform to a whole uint8 batch (v2 transforms accept (N, C, H, W))."""
     return torch.cat([transform(chunk) for chunk in images.split(8192)], 0)
+
+
+def tensor_splits(
+    config: DataConfig,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    num_classes: int,
+    mean,
+    std,
+    class_names: list[str] | None,
+    default_val_size: int,
+) -> DatasetSplits:
+    """In-memory uint8 (N, C, H, W) splits; deterministic splits are prepared at once unless that is over 1 GiB."""
+    images = train[0]
+    native = images.shape[-1]
+    size = config.image_size or native
+    train_tf, eval_tf = build_transforms(config.augment, config.image_size, native, mean, std)
+    augmented = config.augment != "none"
+
+    def dataset(pair: tuple[Tensor, Tensor], transform, per_item: bool) -> TensorImageDataset:
+        prepared_bytes = pair[0].shape[0] * pair[0].shape[1] * size * size * 4
+        return TensorImageDataset(pair[0], pair[1], transform, per_item=per_item or prepared_bytes > PREPARE_LIMIT_BYTES)
+
+    train_set = dataset(train, train_tf, augmented)
+    return DatasetSplits(
+        train=train_set,
+        # lazy: only the carved validation samples of it are ever transformed
+        train_eval=TensorImageDataset(train[0], train[1], eval_tf, per_item=True) if augmented else train_set,
+        test=dataset(test, eval_tf, False),
+        num_classes=num_classes,
+        input_shape=(images.shape[1], size, size),
+        class_names=class_names,
+        train_augmented=augmented,
+        default_val_size=default_val_size,
+    )

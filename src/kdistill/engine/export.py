@@ -37,11 +37,16 @@ def save_student(method: Method, config: Config, info: DataInfo, path: str | Pat
 
 def load_student(path: str | Path) -> tuple[nn.Module, Config, DataInfo]:
     """Rebuild the exported student (any method) from ``student.pt`` and load its weights."""
-    from kdistill.engine.loop import build_method
-
     payload = read_checkpoint(path)
     if not isinstance(payload, dict) or payload.get("kind") != STUDENT_KIND:
         raise CheckpointError(f"{path} is not a kdistill student export (student.pt)")
+    return student_from_payload(payload)
+
+
+def student_from_payload(payload: dict) -> tuple[nn.Module, Config, DataInfo]:
+    """The student of an already read ``student.pt`` payload."""
+    from kdistill.engine.loop import build_method
+
     config = from_dict(Config, payload["config"])
     info = DataInfo(payload["num_classes"], tuple(payload["input_shape"]), payload["num_train"], config.data.batch_size)
     method = build_method(config, info, load_weights=False)  # architecture only; weights follow

@@ -163,6 +163,11 @@ def evaluate(
 # ----------------------------------------------------------------------------- training
 
 
+def steps_per_epoch(loader: DataLoader, max_steps: int | None) -> int:
+    """Optimisation steps in one epoch: the loader's batches, capped by ``train.max_steps_per_epoch``."""
+    return len(loader) if max_steps is None else min(len(loader), max_steps)
+
+
 def train_one_epoch(
     method: Method,
     loader: DataLoader,
@@ -181,7 +186,7 @@ def train_one_epoch(
     sums: dict[str, Tensor] = {}
     correct = torch.zeros((), device=device)
     seen = 0
-    steps = len(loader) if train.max_steps_per_epoch is None else min(len(loader), train.max_steps_per_epoch)
+    steps = steps_per_epoch(loader, train.max_steps_per_epoch)
     show = train.progress and is_main_process()
     # disable=None: bars only on a terminal, so logs piped to a file stay readable
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False, disable=None if show else True)
@@ -300,9 +305,9 @@ def fit(
         for split, dataset in (("val", data.val), ("test", data.test))
         if dataset is not None
     }
-    steps_per_epoch = len(train_loader) if config.train.max_steps_per_epoch is None else min(len(train_loader), config.train.max_steps_per_epoch)
+    epoch_steps = steps_per_epoch(train_loader, config.train.max_steps_per_epoch)
     optimizer = build_optimizer(method.trainable_parameters(), config.optim)
-    scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, config.train.epochs)
+    scheduler = build_scheduler(optimizer, config.schedule, epoch_steps, config.train.epochs)
     run = RunDir.for_config(config, resume=resume, overwrite=overwrite)
 
     restored = _restore(run, method, optimizer, scheduler, log) if resume else None
@@ -323,7 +328,7 @@ def fit(
             train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
             train_loader.generator.manual_seed(config.seed * 1_000_003 + epoch)  # type: ignore[union-attr]
             method.on_epoch_start(epoch, config.train.epochs)
-            record: dict[str, Any] = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": optimizer.param_groups[0]["lr"]}
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": (epoch + 1) * epoch_steps, "lr": optimizer.param_groups[0]["lr"]}
             record.update(
                 train_one_epoch(method, train_loader, optimizer, scheduler, device, epoch, config,
                                 _epoch_generator(config.seed, epoch, device), teacher_cache)

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from kdistill.config import ConfigError
 from kdistill.methods.base import Batch, DataInfo, StepOutput, register_method
 from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod
-from kdistill.models.taps import feature_shapes
 
 EPS = 1e-7
 
@@ -120,10 +119,9 @@ class CRD(FeatureMethod):
         super().__init__(student, teachers, config, info)
         if info.num_train < 2:
             raise ConfigError("crd needs the training-set size (info.num_train) for its memory bank")
-        student_dim = feature_shapes(student, info.input_shape).embedding_dim
-        teacher_dim = feature_shapes(self.teacher, info.input_shape).embedding_dim
-        self.embed_student = Embed(student_dim, config.embed_dim)
-        self.embed_teacher = Embed(teacher_dim, config.embed_dim)
+        student_shapes, teacher_shapes = self.model_shapes()
+        self.embed_student = Embed(student_shapes.embedding_dim, config.embed_dim)
+        self.embed_teacher = Embed(teacher_shapes.embedding_dim, config.embed_dim)
         self.memory = ContrastMemory(config.embed_dim, info.num_train, config.num_negatives, config.nce_temperature, config.momentum)
 
     def training_step(self, batch: Batch) -> StepOutput:

@@ -24,7 +24,7 @@ from kdistill.config import ConfigError, MethodConfig
 from kdistill.methods.base import Batch, Method
 from kdistill.methods.ce import cross_entropy_loss
 from kdistill.methods.kd import kd_loss
-from kdistill.models.taps import Features, feature_shapes
+from kdistill.models.taps import Features, FeatureShapes, feature_shapes
 
 
 @dataclass
@@ -89,11 +89,15 @@ class FeatureMethod(Method):
 
     Config = FeatureDistillConfig
 
+    def model_shapes(self) -> tuple[FeatureShapes, FeatureShapes]:
+        """The student's and the teacher's tap shapes (stages, embedding width) for this data."""
+        return feature_shapes(self.student, self.info.input_shape), feature_shapes(self.teacher, self.info.input_shape)
+
     def stage_shapes(self, require_all_maps: bool = True) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
         """Per-sample stage shapes of the student and the teacher; with ``require_all_maps`` every stage
         must be a (C, H, W) feature map (a clear error otherwise, e.g. for an MLP)."""
-        student_shapes = feature_shapes(self.student, self.info.input_shape).stages
-        teacher_shapes = feature_shapes(self.teacher, self.info.input_shape).stages
+        student, teacher = self.model_shapes()
+        student_shapes, teacher_shapes = student.stages, teacher.stages
         if require_all_maps:
             require_maps(student_shapes, self.name, "student")
             require_maps(teacher_shapes, self.name, "teacher")

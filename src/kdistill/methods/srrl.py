@@ -9,7 +9,6 @@ from torch import Tensor, nn
 
 from kdistill.methods.base import Batch, DataInfo, StepOutput, register_method
 from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, embedding_classifier
-from kdistill.models.taps import feature_shapes
 
 
 def srrl_loss(transferred_student: Tensor, teacher_embedding: Tensor, student_through_teacher_head: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -36,8 +35,8 @@ class SRRL(FeatureMethod):
 
     def __init__(self, student, teachers, config: SRRLConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)
-        student_dim = feature_shapes(student, info.input_shape).embedding_dim
-        teacher_dim = feature_shapes(self.teacher, info.input_shape).embedding_dim
+        student_shapes, teacher_shapes = self.model_shapes()
+        student_dim, teacher_dim = student_shapes.embedding_dim, teacher_shapes.embedding_dim
         self.transfer = nn.Sequential(nn.Conv2d(student_dim, teacher_dim, 1, bias=False), nn.BatchNorm2d(teacher_dim), nn.ReLU(inplace=True))
         self._teacher_fc = [embedding_classifier(self.teacher)]  # a list: not registered twice as a submodule
 
