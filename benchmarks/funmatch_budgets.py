@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+
+from kdistill.report.tables import mean_std  # noqa: E402  (after the path set-up above)
 
 MODES = {"function_matching": "function matching (crop + flip + mixup)", "consistent": "consistent, no mixup"}
 
@@ -43,12 +43,6 @@ def run_one(config_path: str, overrides: list[str]) -> dict:
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     return fit(config, overwrite=True, log=lambda _: None)
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def fmt(values: list[float], digits: int = 2) -> str:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from typing import Any, Callable
 
 from kdistill.config import Config, replace
+from kdistill.report.tables import mean_std
 
 BIT_BASE_LR = 0.003  # at batch size 512
 BIT_BASE_BATCH = 512
@@ -148,14 +148,15 @@ def lr_search(
                 summaries.append(fit(config))
             val = [s["best_val_acc"] for s in summaries if s.get("best_val_acc") is not None]
             test = [s["final_test_acc"] for s in summaries if s.get("final_test_acc") is not None]
+            val_mean, val_std = mean_std(val)
             rows.append(
                 {
                     "lr": lr,
                     "epochs": epochs,
                     "trials": trials,
-                    "val_acc_mean": statistics.fmean(val) if val else None,
-                    "val_acc_std": statistics.stdev(val) if len(val) > 1 else 0.0 if val else None,
-                    "test_acc_mean": statistics.fmean(test) if test else None,
+                    "val_acc_mean": val_mean if val else None,
+                    "val_acc_std": val_std if val else None,
+                    "test_acc_mean": mean_std(test)[0] if test else None,
                     "runs": [s.get("run_dir") for s in summaries],
                     "summaries": summaries,
                 }
