@@ -310,17 +310,16 @@ def fit(
     scheduler = build_scheduler(optimizer, config.schedule, epoch_steps, config.train.epochs)
     run = RunDir.for_config(config, resume=resume, overwrite=overwrite)
 
-    restored = _restore(run, method, optimizer, scheduler, log) if resume else None
-    start_epoch, best = restored or (0, {"epoch": -1, "val_acc": -math.inf})
-    accounting = parameter_report(method)
-    summary_extra: dict[str, Any] = {
-        "student_parameters": accounting["params_deployed"],  # what inference needs (SimKD: + projector + teacher head)
-        "teacher_parameters": accounting["params_teachers"],
-        **accounting,
-    }
-    teacher_eval_logits, teacher_cache = _teacher_references(method, data, eval_loaders, config, device, summary_extra)
-
-    try:
+    try:  # from here on the run directory's trackers are closed on every exit
+        restored = _restore(run, method, optimizer, scheduler, log) if resume else None
+        start_epoch, best = restored or (0, {"epoch": -1, "val_acc": -math.inf})
+        accounting = parameter_report(method)
+        summary_extra: dict[str, Any] = {
+            "student_parameters": accounting["params_deployed"],  # what inference needs (SimKD: + projector + teacher head)
+            "teacher_parameters": accounting["params_teachers"],
+            **accounting,
+        }
+        teacher_eval_logits, teacher_cache = _teacher_references(method, data, eval_loaders, config, device, summary_extra)
         last_eval: dict[str, float] = {}
         end_epoch = config.train.epochs if stop_after_epochs is None else min(config.train.epochs, stop_after_epochs)
         for epoch in range(start_epoch, end_epoch):
