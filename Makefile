@@ -1,4 +1,4 @@
-# kdistill: `make demo` runs a real distillation on Fashion-MNIST; `make test` runs the test suite.
+# kdistill: `make demo` runs a real distillation on Fashion-MNIST; `make test` runs lint, types and the test suite.
 # Both create (or reuse) the virtual environment in .venv and install what they need.
 
 PYTHON ?= python3
@@ -25,7 +25,11 @@ data:
 demo: venv data
 	$(VENV)/bin/kdistill demo $(if $(wildcard $(FASHION_DIR)/train-images-idx3-ubyte.gz),,--set data.download=true) $(ARGS)
 
+# Lint, format check and type check first (seconds), then the tests.
 test: venv data
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(ARGS)
 
 clean:

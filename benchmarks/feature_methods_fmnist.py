@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from kdistill.config import load_config
-from kdistill.engine.loop import TrainingDivergedError, fit
+from kdistill.contracts import TrainingDivergedError
+from kdistill.engine.loop import fit
 from kdistill.report.tables import format_mean_std, markdown_table, mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="benchmarks/results/feature_methods_fmnist")
     parser.add_argument("--runs", default=None, help="where run directories go (default: <output>/runs)")
-    parser.add_argument("--teacher-run", default=None, help="an existing teacher run directory (skips teacher training)")
+    parser.add_argument(
+        "--teacher-run", default=None, help="an existing teacher run directory (skips teacher training)"
+    )
     parser.add_argument("--teacher-epochs", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-subset", type=int, default=10000)
@@ -64,9 +67,15 @@ def main() -> None:
 
     teacher_run = args.teacher_run
     if teacher_run is None:
-        teacher_config = load_config(ROOT / "configs/fashion_mnist/ce_cnn.yaml", [
-            *common, "name=fmnist_teacher_cnn_avg", f"student.kwargs={TEACHER_KWARGS}", f"train.epochs={args.teacher_epochs}",
-        ])
+        teacher_config = load_config(
+            ROOT / "configs/fashion_mnist/ce_cnn.yaml",
+            [
+                *common,
+                "name=fmnist_teacher_cnn_avg",
+                f"student.kwargs={TEACHER_KWARGS}",
+                f"train.epochs={args.teacher_epochs}",
+            ],
+        )
         teacher_dir = runs / teacher_config.name
         if not (teacher_dir / "summary.json").exists():
             log(f"--- teacher ({args.teacher_epochs} epochs, full training set)")
@@ -74,7 +83,12 @@ def main() -> None:
         teacher_run = str(teacher_dir)
     teacher_summary = json.loads((Path(teacher_run) / "summary.json").read_text())
 
-    base = [*common, f"teacher.checkpoint={teacher_run}", f"train.epochs={args.epochs}", f"data.train_subset={args.train_subset}"]
+    base = [
+        *common,
+        f"teacher.checkpoint={teacher_run}",
+        f"train.epochs={args.epochs}",
+        f"data.train_subset={args.train_subset}",
+    ]
     rows_spec: list[tuple[str, list[str]]] = [("student (ce)", ["method.name=ce", "teacher=null"])]
     rows_spec += [(name, [f"method.name={name}", *BUDGET_OVERRIDES.get(name, [])]) for name in args.methods]
     for extra in args.extra:
@@ -104,37 +118,72 @@ def main() -> None:
             best_accs.append(summary["test_acc_at_best_val"])
             report = report or {key: summary[key] for key in ("params_deployed", "pruning_ratio")}  # from summary.json
             log(f"{label} seed {seed}: test {summary['final_test_acc']:.2f} ({time.time() - started:.0f}s)")
-        results[label] = {"overrides": overrides, "final_test_acc": accs, "test_acc_at_best_val": best_accs,
-                          "seconds": times, "diverged": diverged, "parameters": report}
+        results[label] = {
+            "overrides": overrides,
+            "final_test_acc": accs,
+            "test_acc_at_best_val": best_accs,
+            "seconds": times,
+            "diverged": diverged,
+            "parameters": report,
+        }
 
     baseline_mean = mean_std(results["student (ce)"]["final_test_acc"])[0]
-    headers = ["method", "settings changed", "test acc (last epoch)", "Δ vs student", "test acc @ best val",
-               "beats student?", "deployed params", "pruning ratio", "s / run"]
+    headers = [
+        "method",
+        "settings changed",
+        "test acc (last epoch)",
+        "Δ vs student",
+        "test acc @ best val",
+        "beats student?",
+        "deployed params",
+        "pruning ratio",
+        "s / run",
+    ]
     rows = []
     for label, result in results.items():
         accs = result["final_test_acc"]
         mean, std = mean_std(accs) if accs else (float("nan"), float("nan"))
-        beats = "-" if label.startswith("student") or not accs else ("yes" if mean - std > baseline_mean else ("no" if mean <= baseline_mean else "within 1 std"))
+        beats = (
+            "-"
+            if label.startswith("student") or not accs
+            else ("yes" if mean - std > baseline_mean else ("no" if mean <= baseline_mean else "within 1 std"))
+        )
         params = result["parameters"] or {}
         changed = ", ".join(o for o in result["overrides"] if not o.startswith(("method.name=", "teacher=")))
-        rows.append([
-            label, changed or "-",
-            (format_mean_std(accs) if accs else "-") + (f" ({result['diverged']} diverged)" if result["diverged"] else ""),
-            f"{mean - baseline_mean:+.2f}" if accs and not label.startswith("student") else "-",
-            format_mean_std([a for a in result["test_acc_at_best_val"] if a is not None]) if accs else "-",
-            beats,
-            f"{params.get('params_deployed', '-'):,}" if params else "-",
-            f"{params['pruning_ratio']:.3f}" if params.get("pruning_ratio") is not None else "-",
-            f"{sum(result['seconds']) / max(len(result['seconds']), 1):.0f}",
-        ])
-    rows.append(["teacher", f"ce, {teacher_summary['epochs']} epochs, full train set", f"{teacher_summary['final_test_acc']:.2f}",
-                 "-", "-", "-", f"{teacher_summary['student_parameters']:,}", "0", "-"])
+        rows.append(
+            [
+                label,
+                changed or "-",
+                (format_mean_std(accs) if accs else "-")
+                + (f" ({result['diverged']} diverged)" if result["diverged"] else ""),
+                f"{mean - baseline_mean:+.2f}" if accs and not label.startswith("student") else "-",
+                format_mean_std([a for a in result["test_acc_at_best_val"] if a is not None]) if accs else "-",
+                beats,
+                f"{params.get('params_deployed', '-'):,}" if params else "-",
+                f"{params['pruning_ratio']:.3f}" if params.get("pruning_ratio") is not None else "-",
+                f"{sum(result['seconds']) / max(len(result['seconds']), 1):.0f}",
+            ]
+        )
+    rows.append(
+        [
+            "teacher",
+            f"ce, {teacher_summary['epochs']} epochs, full train set",
+            f"{teacher_summary['final_test_acc']:.2f}",
+            "-",
+            "-",
+            "-",
+            f"{teacher_summary['student_parameters']:,}",
+            "0",
+            "-",
+        ]
+    )
     header = (
         f"# Feature-distillation methods on Fashion-MNIST\n\n"
         f"Teacher cnn {TEACHER_KWARGS}; student cnn {{channels: [8, 16], padding: 0, batch_norm: true, head: avg}}; "
         f"{args.epochs} epochs on a {args.train_subset}-image training subset, batch 64, SGD 0.05 Nesterov, cosine; "
         f"{args.seeds} seeds (mean ± sample std); test = the 10,000 Fashion-MNIST test images. Each method uses its "
-        f"CIFAR-100 defaults except the settings listed. 'beats student?': yes = mean - std above the student's mean.\n\n"
+        "CIFAR-100 defaults except the settings listed. "
+        "'beats student?': yes = mean - std above the student's mean.\n\n"
         f"Command: `{' '.join(['python', *sys.argv])}`\n\n"
     )
     (output / "results.md").write_text(header + markdown_table(headers, rows) + "\n")

@@ -6,7 +6,8 @@ For every (mode, budget, seed) the Fashion-MNIST funmatch config is run with ``m
 test accuracy, top-1 agreement with the teacher and KL(teacher || student) are read from each run's
 summary.json and written as a markdown table (mean ± std over seeds) and a plot to ``--out``.
 
-    OMP_NUM_THREADS=1 python benchmarks/funmatch_budgets.py --teacher runs/fmnist_teacher_cnn --out runs/funmatch_budgets
+    OMP_NUM_THREADS=1 python benchmarks/funmatch_budgets.py \\
+        --teacher runs/fmnist_teacher_cnn --out runs/funmatch_budgets
 
 Runs already finished under ``--out/runs`` are reused (their summary.json is read), so an interrupted grid
 can be continued by running the same command again.
@@ -53,14 +54,23 @@ def fmt(values: list[float], digits: int = 2) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs/fashion_mnist/funmatch_cnn_cnn.yaml"))
-    parser.add_argument("--teacher", required=True, help="teacher run directory (e.g. from configs/fashion_mnist/ce_cnn.yaml)")
+    parser.add_argument(
+        "--teacher", required=True, help="teacher run directory (e.g. from configs/fashion_mnist/ce_cnn.yaml)"
+    )
     parser.add_argument("--out", required=True, help="output directory: runs/, results.json, table.md, plot.png")
     parser.add_argument("--budgets", type=int, nargs="+", default=[2, 5, 10], help="epoch budgets (default 2 5 10)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per point (default 3)")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=["function_matching", "consistent", "independent_noise", "fixed_teacher"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=list(MODES),
+        choices=["function_matching", "consistent", "independent_noise", "fixed_teacher"],
+    )
     parser.add_argument("--train-subset", type=int, default=10_000, help="training images (default 10,000; 0 = all)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel runs (one thread each)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides"
+    )
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -78,8 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             for seed in range(args.seeds):
                 name = f"fmnist_{mode}_e{budget}-seed{seed}"
-                overrides = [*common, f"name={name}", f"seed={seed}", f"method.mode={mode}",
-                             f"train.epochs={budget}", f"train.eval_every={budget}", f"train.checkpoint_every={budget}"]
+                overrides = [
+                    *common,
+                    f"name={name}",
+                    f"seed={seed}",
+                    f"method.mode={mode}",
+                    f"train.epochs={budget}",
+                    f"train.eval_every={budget}",
+                    f"train.checkpoint_every={budget}",
+                ]
                 grid.append({"mode": mode, "budget": budget, "seed": seed, "overrides": overrides})
     started = time.time()
     # longest runs first, so the parallel workers finish together
@@ -88,12 +105,24 @@ def main(argv: list[str] | None = None) -> int:
         futures = {i: pool.submit(run_one, args.config, grid[i]["overrides"]) for i in order}
         for i in order:
             summary = futures[i].result()
-            grid[i]["summary"] = {k: summary.get(k) for k in (
-                "final_test_acc", "final_test_agreement", "final_test_kl", "teacher_test_acc", "run_dir", "wall_time_s")}
+            grid[i]["summary"] = {
+                k: summary.get(k)
+                for k in (
+                    "final_test_acc",
+                    "final_test_agreement",
+                    "final_test_kl",
+                    "teacher_test_acc",
+                    "run_dir",
+                    "wall_time_s",
+                )
+            }
             point = grid[i]
-            print(f"{point['mode']:>18} {point['budget']:>3} ep seed {point['seed']}: "
-                  f"acc {summary['final_test_acc']:.2f} agreement {summary['final_test_agreement']:.2f} "
-                  f"({summary['wall_time_s']:.0f}s)", flush=True)
+            print(
+                f"{point['mode']:>18} {point['budget']:>3} ep seed {point['seed']}: "
+                f"acc {summary['final_test_acc']:.2f} agreement {summary['final_test_agreement']:.2f} "
+                f"({summary['wall_time_s']:.0f}s)",
+                flush=True,
+            )
     elapsed = time.time() - started
 
     teacher_acc = grid[0]["summary"]["teacher_test_acc"]
@@ -102,26 +131,42 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             points = [p["summary"] for p in grid if p["mode"] == mode and p["budget"] == budget]
             acc = [p["final_test_acc"] for p in points]
-            rows.append({
-                "budget": budget, "mode": mode,
-                "acc": acc, "agreement": [p["final_test_agreement"] for p in points], "kl": [p["final_test_kl"] for p in points],
-                "gap": [teacher_acc - a for a in acc],
-            })
+            rows.append(
+                {
+                    "budget": budget,
+                    "mode": mode,
+                    "acc": acc,
+                    "agreement": [p["final_test_agreement"] for p in points],
+                    "kl": [p["final_test_kl"] for p in points],
+                    "gap": [teacher_acc - a for a in acc],
+                }
+            )
     lines = [
         f"Fashion-MNIST, teacher {args.teacher} (test accuracy {teacher_acc:.2f}%), config {Path(args.config).name}, "
         f"{args.train_subset or 'all'} training images, {args.seeds} seeds (mean ± std), "
         f"final-epoch test metrics; {elapsed / 60:.1f} min wall time with {args.jobs} parallel runs.",
         "",
-        "| epochs | mode | test acc (%) | agreement with teacher (%) | KL(teacher ‖ student) | gap to teacher (points) |",
+        "| epochs | mode | test acc (%) | agreement with teacher (%) | KL(teacher ‖ student) "
+        "| gap to teacher (points) |",
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(f"| {row['budget']} | {MODES.get(row['mode'], row['mode'])} | {fmt(row['acc'])} | "
-                     f"{fmt(row['agreement'])} | {fmt(row['kl'], 4)} | {fmt(row['gap'])} |")
+        lines.append(
+            f"| {row['budget']} | {MODES.get(row['mode'], row['mode'])} | {fmt(row['acc'])} | "
+            f"{fmt(row['agreement'])} | {fmt(row['kl'], 4)} | {fmt(row['gap'])} |"
+        )
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"teacher_test_acc": teacher_acc, "args": vars(args), "grid": [
-        {k: v for k, v in p.items() if k != "overrides"} for p in grid]}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "teacher_test_acc": teacher_acc,
+                "args": vars(args),
+                "grid": [{k: v for k, v in p.items() if k != "overrides"} for p in grid],
+            },
+            indent=1,
+        )
+    )
     print(table)
     plot(rows, args, teacher_acc, out / "plot.png")
     print(f"wrote {out / 'table.md'}, {out / 'plot.png'}, {out / 'results.json'}")

@@ -38,7 +38,9 @@ def test_mixup_ratio_is_one_per_batch_by_default_and_per_sample_on_request():
     assert ratio.dim() == 0
     mixed, ratios, partner = mixup(inputs, generator(2), per_sample=True)
     assert ratios.shape == (6,) and len(set(ratios.tolist())) == 6
-    torch.testing.assert_close(mixed, ratios[:, None, None, None] * inputs + (1 - ratios[:, None, None, None]) * inputs[partner])
+    torch.testing.assert_close(
+        mixed, ratios[:, None, None, None] * inputs + (1 - ratios[:, None, None, None]) * inputs[partner]
+    )
 
 
 def test_mixup_ratio_is_uniform():
@@ -201,7 +203,9 @@ def test_crop_side_not_area_is_uniform():
     boxes = sample_crop_boxes(20_000, 32, 32, generator(22))
     fraction = (boxes[:, 2] * boxes[:, 3] / (32 * 32)).double()
     rng = random.Random(99)
-    expected = np.mean([np.prod(tf_reference_crop(rng, 32, 32, (0.05, 1.0), (0.75, 1.33))[2:]) / 1024 for _ in range(20_000)])
+    expected = np.mean(
+        [np.prod(tf_reference_crop(rng, 32, 32, (0.05, 1.0), (0.75, 1.33))[2:]) / 1024 for _ in range(20_000)]
+    )
     assert abs(fraction.mean().item() - expected) < 0.01
     assert fraction.mean().item() < 0.42, "an area-uniform sampler gives about 0.46 here"
 

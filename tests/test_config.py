@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from kdistill.config import Config, ConfigError, dump_config, load_config, parse_override, replace, to_dict
+from kdistill.config import Config, dump_config, load_config, parse_override, replace, to_dict
+from kdistill.contracts import ConfigError
 
 
 def test_round_trip_through_yaml(tmp_path):
-    config = load_config(overrides=["method.name=kd", "method.temperature=10", "student.kwargs={hidden: [64, 32]}", "schedule.milestones=[3, 6]"])
+    config = load_config(
+        overrides=[
+            "method.name=kd",
+            "method.temperature=10",
+            "student.kwargs={hidden: [64, 32]}",
+            "schedule.milestones=[3, 6]",
+        ]
+    )
     dump_config(config, tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")
     assert to_dict(again) == to_dict(config)
@@ -16,7 +24,9 @@ def test_round_trip_through_yaml(tmp_path):
 
 
 def test_override_values_are_parsed_as_yaml_literals_and_type_checked():
-    config = load_config(overrides=["train.epochs=7", "optim.lr=1e-3", "data.train_subset=null", "optim.clip_grad_norm=1"])
+    config = load_config(
+        overrides=["train.epochs=7", "optim.lr=1e-3", "data.train_subset=null", "optim.clip_grad_norm=1"]
+    )
     assert config.train.epochs == 7 and isinstance(config.train.epochs, int)
     assert config.optim.lr == pytest.approx(1e-3)
     assert config.optim.clip_grad_norm == 1.0 and isinstance(config.optim.clip_grad_norm, float)

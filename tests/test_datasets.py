@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import pickle
 import struct
 from pathlib import Path
 
@@ -21,18 +20,13 @@ import torch
 from PIL import Image
 
 from kdistill.config import DataConfig
-from kdistill.data import DATASET_INFO, DatasetNotFoundError, build_data
+from kdistill.contracts import DatasetNotFoundError
+from kdistill.data import DATASET_INFO, build_data
 from kdistill.data.cifar import CIFAR
 from kdistill.data.emnist import EMNIST_MEAN, EMNIST_SPLITS, EMNIST_STD
 from kdistill.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 
-ROW, COL = 2, 5  # the bright pixel of the orientation marker: row 2, column 5 (not symmetric under transpose)
-
-
-def marker(height: int = 28, width: int = 28) -> np.ndarray:
-    image = np.zeros((height, width), dtype=np.uint8)
-    image[ROW, COL] = 255
-    return image
+from helpers import COL, ROW, marker, write_cifar
 
 
 def normalised(value: float, mean: float, std: float) -> float:
@@ -55,36 +49,6 @@ def no_default_locations(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------- CIFAR
-
-
-def write_cifar(root: Path, name: str, train_per_batch: int, test_count: int) -> dict:
-    """Python-pickle batches as in cifar-10-python.tar.gz / cifar-100-python.tar.gz (bytes keys)."""
-    spec = CIFAR[name]
-    folder = root / spec["folder"]
-    folder.mkdir(parents=True)
-    label_key = spec["label_key"].encode()
-    rng = np.random.default_rng(0)
-    written = {}
-
-    def batch(count: int, first_label: int) -> dict:
-        data = np.zeros((count, 3, 32, 32), dtype=np.uint8)
-        data[0, 0] = marker(32, 32)  # red channel: one bright pixel at (ROW, COL)
-        data[0, 2] = 77  # blue channel: constant
-        data[1:] = rng.integers(0, 256, size=(count - 1, 3, 32, 32), dtype=np.uint8)
-        labels = [(first_label + i) % spec["num_classes"] for i in range(count)]
-        return {b"data": data.reshape(count, -1), label_key: labels, b"batch_label": b"batch"}
-
-    for index, file in enumerate(spec["train"]):
-        entry = batch(train_per_batch, first_label=3 * index)
-        written[file] = entry
-        (folder / file).write_bytes(pickle.dumps(entry, protocol=2))
-    entry = batch(test_count, first_label=7)
-    written["test"] = entry
-    (folder / spec["test"][0]).write_bytes(pickle.dumps(entry, protocol=2))
-    meta_name, meta_key = spec["meta"]
-    names = [f"class_{i}".encode() for i in range(spec["num_classes"])]
-    (folder / meta_name).write_bytes(pickle.dumps({meta_key.encode(): names}, protocol=2))
-    return written
 
 
 @pytest.mark.parametrize("name, per_batch", [("cifar10", 2), ("cifar100", 10)])
@@ -286,7 +250,9 @@ def test_flowers102_default_size_and_missing_image(tmp_path):
         build("flowers102", tmp_path)
 
 
-@pytest.mark.parametrize("augment, size", [("imagenet", 24), ("inception", 24), ("resize_crop", 24), ("crop_flip", 24), ("cifar", 32)])
+@pytest.mark.parametrize(
+    "augment, size", [("imagenet", 24), ("inception", 24), ("resize_crop", 24), ("crop_flip", 24), ("cifar", 32)]
+)
 def test_file_datasets_give_square_images_for_every_preset(tmp_path, augment, size):
     write_flowers(tmp_path, [1, 2, 3], trnid=[1, 2], valid=[3], tstid=[3])  # 48x32 (non-square) JPEGs
     data = build("flowers102", tmp_path, image_size=size, augment=augment)
@@ -307,7 +273,12 @@ def test_file_dataset_orientation(tmp_path):
 
 
 def write_pets(root: Path) -> None:
-    trainval = ["Abyssinian_100 1 1 1", "american_bulldog_10 2 2 1", "Abyssinian_7 1 1 1", "yorkshire_terrier_3 37 2 25"]
+    trainval = [
+        "Abyssinian_100 1 1 1",
+        "american_bulldog_10 2 2 1",
+        "Abyssinian_7 1 1 1",
+        "yorkshire_terrier_3 37 2 25",
+    ]
     test = ["american_bulldog_11 2 2 1", "yorkshire_terrier_9 37 2 25"]
     for line in trainval + test:
         name, label = line.split()[:2]
@@ -332,7 +303,11 @@ def test_pets_annotation_files(tmp_path):
 
 def write_food(root: Path) -> dict:
     meta = {
-        "train": {"apple_pie": ["apple_pie/101", "apple_pie/102"], "sushi": ["sushi/7"], "baby_back_ribs": ["baby_back_ribs/5"]},
+        "train": {
+            "apple_pie": ["apple_pie/101", "apple_pie/102"],
+            "sushi": ["sushi/7"],
+            "baby_back_ribs": ["baby_back_ribs/5"],
+        },
         "test": {"apple_pie": ["apple_pie/103"], "sushi": ["sushi/8"], "baby_back_ribs": []},
     }
     (root / "meta").mkdir(parents=True)
@@ -340,7 +315,11 @@ def write_food(root: Path) -> dict:
         (root / "meta" / f"{part}.json").write_text(json.dumps(entries))
         for name, files in entries.items():
             for file in files:
-                write_jpeg(root / "images" / f"{file}.jpg", size=(40, 56), color=(30, 60, 90) if name == "sushi" else (90, 90, 90))
+                write_jpeg(
+                    root / "images" / f"{file}.jpg",
+                    size=(40, 56),
+                    color=(30, 60, 90) if name == "sushi" else (90, 90, 90),
+                )
     (root / "meta" / "classes.txt").write_text("apple_pie\nbaby_back_ribs\nsushi\n")
     return meta
 
@@ -397,10 +376,29 @@ def test_imagefolder_with_test_uses_official_val_and_imagenet_reader(tmp_path):
     [
         ("cifar10", ["cifar-10-python.tar.gz", "torchvision.datasets.CIFAR10", "data.download=true", "data.root="]),
         ("cifar100", ["cifar-100-python.tar.gz", "torchvision.datasets.CIFAR100", "data.download=true", "data.root="]),
-        ("emnist_letters", ["emnist-letters.mat", "matlab.zip", "torchvision.datasets.EMNIST", "data.download=true", "data.root="]),
+        (
+            "emnist_letters",
+            ["emnist-letters.mat", "matlab.zip", "torchvision.datasets.EMNIST", "data.download=true", "data.root="],
+        ),
         ("emnist_byclass", ["emnist-byclass.mat", "gzip.zip", "split='byclass'"]),
-        ("flowers102", ["setid.mat", "robots.ox.ac.uk/~vgg/data/flowers/102", "torchvision.datasets.Flowers102", "data.download=true"]),
-        ("pets", ["annotations/trainval.txt", "robots.ox.ac.uk/~vgg/data/pets", "torchvision.datasets.OxfordIIITPet", "data.root="]),
+        (
+            "flowers102",
+            [
+                "setid.mat",
+                "robots.ox.ac.uk/~vgg/data/flowers/102",
+                "torchvision.datasets.Flowers102",
+                "data.download=true",
+            ],
+        ),
+        (
+            "pets",
+            [
+                "annotations/trainval.txt",
+                "robots.ox.ac.uk/~vgg/data/pets",
+                "torchvision.datasets.OxfordIIITPet",
+                "data.root=",
+            ],
+        ),
         ("food101", ["meta/train.json", "food-101.tar.gz", "torchvision.datasets.Food101", "data.download=true"]),
         ("imagefolder", ["train/<class>", "data.root="]),
         ("imagenet", ["image-net.org", "torchvision.datasets.ImageNet", "data.root="]),

@@ -15,8 +15,13 @@ CONFIGS = Path(__file__).parent.parent / "configs" / "fashion_mnist"
 
 def test_demo_prints_a_table_with_mean_and_std(tmp_path, capsys):
     result = api.demo(
-        output_dir=str(tmp_path), trials=2, teacher_epochs=1, student_epochs=1, train_subset=3000,
-        overrides=["train.progress=false"], log=lambda _: None,
+        output_dir=str(tmp_path),
+        trials=2,
+        teacher_epochs=1,
+        student_epochs=1,
+        train_subset=3000,
+        overrides=["train.progress=false"],
+        log=lambda _: None,
     )
     table = result["table"]
     assert "teacher CNN" in table and "student MLP + KD" in table and "±" in table
@@ -61,15 +66,67 @@ def test_cli_help_and_errors(capsys):
 
 
 def test_cli_train_distill_eval_report_on_digits(tmp_path, capsys):
-    common = ["--set", f"output_dir={tmp_path}", "--set", "data.name=digits", "--set", "train.epochs=2", "--set", "train.progress=false"]
-    assert main(["train", *common, "--set", "name=t", "--set", "student.name=cnn",
-                 "--set", "student.kwargs={channels: [8, 16], hidden: 32, padding: 1}"]) == 0
-    assert main(["distill", *common, "--set", "name=s", "--set", "student.name=mlp", "--set", "method.name=kd",
-                 "--set", f"teacher.checkpoint={tmp_path / 't'}", "--trials", "2"]) == 0
+    common = [
+        "--set",
+        f"output_dir={tmp_path}",
+        "--set",
+        "data.name=digits",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.progress=false",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--set",
+                "name=t",
+                "--set",
+                "student.name=cnn",
+                "--set",
+                "student.kwargs={channels: [8, 16], hidden: 32, padding: 1}",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "distill",
+                *common,
+                "--set",
+                "name=s",
+                "--set",
+                "student.name=mlp",
+                "--set",
+                "method.name=kd",
+                "--set",
+                f"teacher.checkpoint={tmp_path / 't'}",
+                "--trials",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "±" in capsys.readouterr().out  # the trials table
     assert main(["eval", str(tmp_path / "s-seed1"), "--split", "val"]) == 0
     assert '"split": "val"' in capsys.readouterr().out
-    assert main(["report", str(tmp_path / "s-seed0"), str(tmp_path / "s-seed1"), "--plot", "test_acc", "--out", str(tmp_path / "p.png")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "s-seed0"),
+                str(tmp_path / "s-seed1"),
+                "--plot",
+                "test_acc",
+                "--out",
+                str(tmp_path / "p.png"),
+            ]
+        )
+        == 0
+    )
     assert "| s " in capsys.readouterr().out and (tmp_path / "p.png").is_file()
     assert main(["datasets"]) == 0 and "fashion_mnist" in capsys.readouterr().out
     assert main(["methods"]) == 0 and "temperature=4.0" in capsys.readouterr().out

@@ -22,12 +22,30 @@ def test_two_ranks_match_one_process_with_the_global_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     subprocess.run(
-        [*torchrun, "-m", "kdistill.cli", "train", *_sets([*COMMON, f"output_dir={tmp_path}", "name=ddp", "data.batch_size=32"])],
-        check=True, env=env, capture_output=True, timeout=300,
+        [
+            *torchrun,
+            "-m",
+            "kdistill.cli",
+            "train",
+            *_sets([*COMMON, f"output_dir={tmp_path}", "name=ddp", "data.batch_size=32"]),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
     )
     subprocess.run(
-        [sys.executable, "-m", "kdistill.cli", "train", *_sets([*COMMON, f"output_dir={tmp_path}", "name=single", "data.batch_size=64"])],
-        check=True, env=env, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "kdistill.cli",
+            "train",
+            *_sets([*COMMON, f"output_dir={tmp_path}", "name=single", "data.batch_size=64"]),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
     )
     ddp = read_checkpoint(tmp_path / "ddp" / "last.pt")["method_state"]
     single = read_checkpoint(tmp_path / "single" / "last.pt")["method_state"]

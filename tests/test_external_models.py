@@ -7,10 +7,11 @@ import time
 import pytest
 import torch
 
-from kdistill.config import ConfigError, ModelConfig
+from kdistill.config import ModelConfig
+from kdistill.contracts import CheckpointError, ConfigError
 from kdistill.models import build_model, feature_shapes
 from kdistill.models.external import PretrainedWeightsError, TimmModel, TorchvisionModel
-from kdistill.models.loading import CheckpointError, load_weights, sha256_of
+from kdistill.models.loading import load_weights, sha256_of
 
 timm = pytest.importorskip("timm")
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.config import ModelConfig
-from kdistill.methods import METHODS, Batch, DataInfo
+from kdistill.contracts import Batch, DataInfo
+from kdistill.methods import METHODS
 from kdistill.methods.at import at_loss
 from kdistill.methods.crd import ContrastMemory, nce_loss
 from kdistill.methods.dkd import dkd_terms
@@ -52,7 +53,9 @@ def _attention_numpy(f: np.ndarray) -> np.ndarray:
     batch, channels, height, width = f.shape
     out = np.zeros((batch, height * width))
     for b in range(batch):
-        a = np.array([[sum(f[b, c, h, w] ** 2 for c in range(channels)) / channels for w in range(width)] for h in range(height)]).ravel()
+        a = np.array(
+            [[sum(f[b, c, h, w] ** 2 for c in range(channels)) / channels for w in range(width)] for h in range(height)]
+        ).ravel()
         out[b] = a / max(np.sqrt((a**2).sum()), 1e-12)
     return out
 
@@ -66,15 +69,19 @@ def test_at_loss_hand_value_and_properties():
     # different spatial sizes: the larger map is average-pooled first (8x8 -> 4x4 by 2x2 blocks)
     big = RNG.normal(size=(2, 5, 8, 8))
     pooled = big.reshape(2, 5, 4, 2, 4, 2).mean(axis=(3, 5))
-    assert at_loss(t(fs), t(big)).item() == pytest.approx(((_attention_numpy(fs) - _attention_numpy(pooled)) ** 2).mean(), rel=1e-10)
+    assert at_loss(t(fs), t(big)).item() == pytest.approx(
+        ((_attention_numpy(fs) - _attention_numpy(pooled)) ** 2).mean(), rel=1e-10
+    )
 
 
 def test_sp_loss_hand_value_and_properties():
     fs, ft = RNG.normal(size=(3, 2, 2, 2)), RNG.normal(size=(3, 4, 1, 1))
+
     def gram(f):
         flat = f.reshape(f.shape[0], -1)
         g = flat @ flat.T
         return g / np.linalg.norm(g, axis=1, keepdims=True)
+
     expected = ((gram(ft) - gram(fs)) ** 2).sum() / 9
     assert sp_loss(t(fs), t(ft)).item() == pytest.approx(expected, rel=1e-10)
     # identical (normalised) similarity matrices: the teacher is the student scaled and zero-padded
@@ -85,8 +92,15 @@ def test_sp_loss_hand_value_and_properties():
 def test_vid_loss_hand_value():
     mean, target = RNG.normal(size=(2, 3, 2, 2)), RNG.normal(size=(2, 3, 2, 2))
     variance = np.array([0.5, 1.0, 2.0])
-    expected = np.mean([0.5 * ((mean[b, c, h, w] - target[b, c, h, w]) ** 2 / variance[c] + math.log(variance[c]))
-                        for b in range(2) for c in range(3) for h in range(2) for w in range(2)])
+    expected = np.mean(
+        [
+            0.5 * ((mean[b, c, h, w] - target[b, c, h, w]) ** 2 / variance[c] + math.log(variance[c]))
+            for b in range(2)
+            for c in range(3)
+            for h in range(2)
+            for w in range(2)
+        ]
+    )
     assert vid_loss(t(mean), t(target), t(variance)).item() == pytest.approx(expected, rel=1e-10)
 
 
@@ -122,7 +136,9 @@ def test_contrast_memory_positives_normaliser_and_update():
     z = memory.z_student.item()
     memory(student, teacher, indices, targets, other_class=True)
     assert memory.z_student.item() == z  # set once, from the first batch
-    expected = F.normalize(F.normalize(old_student_memory[indices] * 0.5 + student * 0.5, dim=1) * 0.5 + student * 0.5, dim=1)
+    expected = F.normalize(
+        F.normalize(old_student_memory[indices] * 0.5 + student * 0.5, dim=1) * 0.5 + student * 0.5, dim=1
+    )
     assert torch.allclose(memory.memory_student[indices], expected, atol=1e-6)
     assert torch.equal(memory.labels[indices], targets)
     untouched = torch.tensor([0, 2, 3, 5, 6, 8, 9])
@@ -184,9 +200,13 @@ def test_semckd_loss_hand_value():
     attention = RNG.dirichlet(np.ones(num_t), size=(batch, num_s))
     expected = sum(
         attention[b, i, j] * ((projected[i][j][b] - targets[i][j][b]) ** 2).mean()
-        for b in range(batch) for i in range(num_s) for j in range(num_t)
+        for b in range(batch)
+        for i in range(num_s)
+        for j in range(num_t)
     ) / (batch * num_s)
-    value = semckd_loss([[t(p) for p in row] for row in projected], [[t(p) for p in row] for row in targets], t(attention))
+    value = semckd_loss(
+        [[t(p) for p in row] for row in projected], [[t(p) for p in row] for row in targets], t(attention)
+    )
     assert value.item() == pytest.approx(expected, rel=1e-10)
 
 
@@ -202,12 +222,18 @@ def test_match_stages_pairs_by_index_like_the_reference_zip():
 PAIRS = [
     (
         (1, 16, 16),
-        ModelConfig(name="cnn", kwargs={"channels": [16, 32], "padding": 1, "batch_norm": True, "head": "avg"}),  # 16x8x8, 32x4x4
-        ModelConfig(name="cnn", kwargs={"channels": [8, 12], "padding": 0, "batch_norm": True, "head": "avg"}),  # 8x7x7, 12x2x2
+        ModelConfig(
+            name="cnn", kwargs={"channels": [16, 32], "padding": 1, "batch_norm": True, "head": "avg"}
+        ),  # 16x8x8, 32x4x4
+        ModelConfig(
+            name="cnn", kwargs={"channels": [8, 12], "padding": 0, "batch_norm": True, "head": "avg"}
+        ),  # 8x7x7, 12x2x2
     ),
     (
         (1, 20, 20),
-        ModelConfig(name="cnn", kwargs={"channels": [12, 24, 32], "padding": 1, "batch_norm": True, "head": "avg"}),  # 10, 5, 2
+        ModelConfig(
+            name="cnn", kwargs={"channels": [12, 24, 32], "padding": 1, "batch_norm": True, "head": "avg"}
+        ),  # 10, 5, 2
         ModelConfig(name="cnn", kwargs={"channels": [6, 10], "padding": 1, "batch_norm": True, "head": "avg"}),  # 10, 5
     ),
     (
@@ -229,7 +255,7 @@ def _build(name, pair, **overrides):
     method_cls = METHODS.get(name)
     teacher = build_model(teacher_config, NUM_CLASSES, input_shape)
     student = build_model(student_config, NUM_CLASSES, input_shape)
-    config = method_cls.Config(**{**SMALL_CONFIGS.get(name, {}), **overrides})
+    config = method_cls.config_class(**{**SMALL_CONFIGS.get(name, {}), **overrides})
     return method_cls(student, [teacher], config, info)
 
 
@@ -247,7 +273,11 @@ def _one_step(method, input_shape):
     teacher_state = {k: v.clone() for k, v in method.teachers.state_dict().items()}
     student_before = [p.detach().clone() for p in method.student.parameters()]
     teacher_ids = {id(p) for p in method.teachers.parameters()}
-    own = [p for p in method.parameters() if id(p) not in teacher_ids and id(p) not in {id(q) for q in method.student.parameters()}]
+    own = [
+        p
+        for p in method.parameters()
+        if id(p) not in teacher_ids and id(p) not in {id(q) for q in method.student.parameters()}
+    ]
     own_before = [p.detach().clone() for p in own]
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.05)
     output = method.training_step(_batch(input_shape))
@@ -294,11 +324,11 @@ def test_feature_baselines_return_the_students_own_logits():
 def test_default_weights_follow_the_simkd_scripts():
     expected = {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "vid": 1.0, "crd": 0.8, "srrl": 1.0, "semckd": 400.0}
     for name, weight in expected.items():
-        config = METHODS.get(name).Config()
+        config = METHODS.get(name).config_class()
         assert (config.weight, config.ce_weight, config.kd_weight, config.temperature) == (weight, 1.0, 1.0, 4.0)
-    crd = METHODS.get("crd").Config()
+    crd = METHODS.get("crd").config_class()
     assert (crd.embed_dim, crd.num_negatives, crd.nce_temperature, crd.momentum) == (128, 16384, 0.07, 0.5)
-    dkd = METHODS.get("dkd").Config()
+    dkd = METHODS.get("dkd").config_class()
     assert (dkd.ce_weight, dkd.alpha, dkd.beta, dkd.temperature, dkd.warmup_epochs) == (1.0, 1.0, 8.0, 4.0, 20)
 
 

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdistill.config import load_config
-from kdistill.methods import Batch, DataInfo
+from kdistill.contracts import Batch, DataInfo
 from kdistill.methods.ce import CEConfig, CrossEntropy
 from kdistill.methods.funmatch import FunctionMatching, FunMatchConfig, funmatch_loss
+from kdistill.track import read_metrics
 from kdistill.tune import as_overrides, bit_hyperrule, lr_search
 
-from conftest import digits_config
+from helpers import digits_config
 
 INFO = DataInfo(num_classes=4, input_shape=(1, 12, 12), num_train=64)
 
@@ -76,7 +77,9 @@ def test_euclidean_distances_against_hand_computed_values():
     student = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
     teacher = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
     # logits: rows differ by (-1, 2, -0.5) and (-1, -2, 2): norms sqrt(5.25) and 3
-    assert funmatch_loss(student, teacher, "euclidean_logits").item() == pytest.approx((math.sqrt(5.25) + 3) / 2, rel=1e-5)
+    assert funmatch_loss(student, teacher, "euclidean_logits").item() == pytest.approx(
+        (math.sqrt(5.25) + 3) / 2, rel=1e-5
+    )
     assert funmatch_loss(student, teacher, "squared_logits").item() == pytest.approx((5.25 + 9) / 2, rel=1e-5)
 
     def log_softmax(row):
@@ -108,7 +111,7 @@ def test_identical_logits_have_zero_distance_and_finite_gradient(distance):
 
 
 def test_unknown_mode_or_distance_is_a_config_error():
-    from kdistill.config import ConfigError
+    from kdistill.contracts import ConfigError
 
     with pytest.raises(ConfigError, match="valid: function_matching"):
         make_method(mode="mixup_everything")
@@ -140,7 +143,7 @@ def test_function_matching_mixes_and_consistent_does_not():
     expected = ratio * batch.inputs + (1 - ratio) * torch.roll(batch.inputs, 1, 0)
     torch.testing.assert_close(augmented.inputs, expected)
     consistent = make_method(mode="consistent", crop=False, flip=False)
-    assert not consistent.augments_batches
+    assert not consistent.traits.augments_batches
     assert consistent.augment_batch(batch, torch.Generator()) is batch
 
 
@@ -184,7 +187,7 @@ def test_augmentation_replays_from_the_generator_seed():
 @pytest.mark.parametrize("mode", ["function_matching", "consistent", "independent_noise", "fixed_teacher"])
 def test_no_label_is_read_by_the_loss(mode):
     method = make_method(mode=mode)
-    assert method.uses_labels is False
+    assert method.traits.uses_labels is False
     batch = make_batch()
     scrambled = Batch(inputs=batch.inputs, targets=torch.full((8,), 3), indices=batch.indices)
     _, output = run_step(method, batch, seed=7)
@@ -219,7 +222,7 @@ def make_ce(alpha: float) -> CrossEntropy:
 
 def test_ce_without_mixup_is_unchanged():
     method = make_ce(0.0)
-    assert not method.augments_batches
+    assert not method.traits.augments_batches
     batch = make_batch()
     assert method.augment_batch(batch, torch.Generator()) is batch
     output = method.training_step(batch)
@@ -229,7 +232,7 @@ def test_ce_without_mixup_is_unchanged():
 
 def test_ce_mixup_mixes_inputs_and_the_loss_is_the_mixed_cross_entropy():
     method = make_ce(0.4)
-    assert method.augments_batches
+    assert method.traits.augments_batches
     batch = make_batch()
     augmented = method.augment_batch(batch, torch.Generator().manual_seed(2))
     ratio = augmented.extras["mixup_ratio"]
@@ -241,9 +244,13 @@ def test_ce_mixup_mixes_inputs_and_the_loss_is_the_mixed_cross_entropy():
     logits = method.student(augmented.inputs)
     log_probs = logits.log_softmax(1).tolist()
     lam = ratio[0].item()
-    expected = sum(
-        -(lam * row[batch.targets[i]] + (1 - lam) * row[batch.targets[partner[i]]]) for i, row in enumerate(log_probs)
-    ) / 8
+    expected = (
+        sum(
+            -(lam * row[batch.targets[i]] + (1 - lam) * row[batch.targets[partner[i]]])
+            for i, row in enumerate(log_probs)
+        )
+        / 8
+    )
     assert output.loss.item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -296,7 +303,15 @@ def test_bit_hyperrule_overrides_apply_to_a_config():
 
 
 def test_lr_search_runs_the_grid_and_ranks_by_validation_accuracy(tmp_path):
-    base = load_config(overrides=["name=teacher", "method.name=ce", "schedule.name=step", "schedule.milestones=[4, 8]", "train.epochs=10"])
+    base = load_config(
+        overrides=[
+            "name=teacher",
+            "method.name=ce",
+            "schedule.name=step",
+            "schedule.milestones=[4, 8]",
+            "train.epochs=10",
+        ]
+    )
     calls = []
 
     def fake_fit(config):
@@ -312,7 +327,9 @@ def test_lr_search_runs_the_grid_and_ranks_by_validation_accuracy(tmp_path):
     assert rows[0]["val_acc_std"] == pytest.approx(math.sqrt(0.5))
     by_epochs = {c.train.epochs: c.schedule.milestones for c in calls}
     assert by_epochs == {5: [2, 4], 20: [8, 16]}
-    stepped = load_config(overrides=["name=t", "schedule.name=step", "schedule.milestone_steps=[200, 300]", "train.epochs=10"])
+    stepped = load_config(
+        overrides=["name=t", "schedule.name=step", "schedule.milestone_steps=[200, 300]", "train.epochs=10"]
+    )
     lr_search(stepped, [0.01], [20], fit=fake_fit, log=lambda _: None)
     assert calls[-1].schedule.milestone_steps == [400, 600]
     json.dumps([{k: v for k, v in row.items() if k != "summaries"} for row in rows])
@@ -325,11 +342,17 @@ def test_funmatch_student_learns_the_teachers_function_on_real_digits(tmp_path, 
     from kdistill.engine.loop import fit
 
     config = digits_config(
-        tmp_path, "funmatch", "method.name=funmatch", f"teacher.checkpoint={digits_teacher}",
-        "method.temperature=2.0", "method.crop_area_min=0.5", "train.epochs=6", "optim.lr=0.2",
+        tmp_path,
+        "funmatch",
+        "method.name=funmatch",
+        f"teacher.checkpoint={digits_teacher}",
+        "method.temperature=2.0",
+        "method.crop_area_min=0.5",
+        "train.epochs=6",
+        "optim.lr=0.2",
     )
     summary = fit(config, log=lambda _: None)
     assert summary["final_test_agreement"] > 70.0, summary
     assert summary["final_test_acc"] > 60.0, summary
-    metrics = [json.loads(line) for line in open(f"{summary['run_dir']}/metrics.jsonl")]
+    metrics = read_metrics(summary["run_dir"])
     assert "train_acc" not in metrics[-1], "funmatch reads no labels, so no train accuracy is logged"

@@ -52,12 +52,14 @@ def test_ensemble_kd_averages_teacher_probabilities_at_the_temperature():
     log_student = torch.log_softmax(student / temperature, 1)
     expected = temperature**2 * (target * (target.log() - log_student)).sum(1).mean()
     assert ensemble_kd_loss(student, [first, second], temperature).item() == pytest.approx(expected.item(), rel=1e-5)
-    assert ensemble_kd_loss(student, [first, first], temperature).item() == pytest.approx(kd_loss(student, first, temperature).item(), rel=1e-5)
+    assert ensemble_kd_loss(student, [first, first], temperature).item() == pytest.approx(
+        kd_loss(student, first, temperature).item(), rel=1e-5
+    )
 
 
 def test_multi_teacher_kd_method_uses_the_ensemble_loss():
     from kdistill.config import ModelConfig
-    from kdistill.methods import Batch, DataInfo
+    from kdistill.contracts import Batch, DataInfo
     from kdistill.methods.kd import KD, KDConfig
     from kdistill.models import build_model
 
@@ -66,7 +68,7 @@ def test_multi_teacher_kd_method_uses_the_ensemble_loss():
     spec = ModelConfig(name="mlp", kwargs={"hidden": [8]})
     teachers = [build_model(spec, 4, info.input_shape) for _ in range(2)]
     method = KD(build_model(spec, 4, info.input_shape), teachers, KDConfig(ce_weight=0.0, kd_weight=1.0), info)
-    assert not method.teacher_outputs_cacheable
+    assert not method.traits.teacher_logits_only
     batch = Batch(inputs=torch.randn(5, 1, 6, 6), targets=torch.zeros(5, dtype=torch.long), indices=torch.arange(5))
     output = method.training_step(batch)
     expected = ensemble_kd_loss(method.student(batch.inputs), [t(batch.inputs) for t in teachers], 4.0)

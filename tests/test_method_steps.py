@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kdistill.config import ModelConfig
-from kdistill.methods import METHODS, Batch, DataInfo
+from kdistill.contracts import Batch, DataInfo
+from kdistill.methods import METHODS
 from kdistill.models import build_model
 
 INPUT_SHAPE = (1, 16, 16)
@@ -29,9 +30,9 @@ def make_batch(size: int = 8) -> Batch:
 def test_one_step_trains_the_student_and_not_the_teacher(name):
     torch.manual_seed(0)
     method_cls = METHODS.get(name)
-    teachers = [build_model(TEACHER, INFO.num_classes, INPUT_SHAPE)] if method_cls.requires_teacher else []
+    teachers = [build_model(TEACHER, INFO.num_classes, INPUT_SHAPE)] if method_cls.traits.needs_teacher else []
     student = build_model(STUDENT, INFO.num_classes, INPUT_SHAPE)
-    method = method_cls(student, teachers, method_cls.Config(), INFO)
+    method = method_cls(student, teachers, method_cls.config_class(), INFO)
     method.train()
     teacher_before = [p.detach().clone() for t in method.teachers for p in t.parameters()]
     student_before = [p.detach().clone() for p in method.student.parameters()]
@@ -42,7 +43,9 @@ def test_one_step_trains_the_student_and_not_the_teacher(name):
     assert output.losses and all(v.dim() == 0 and torch.isfinite(v) for v in output.losses.values())
     output.loss.backward()
     assert all(p.grad is None for t in method.teachers for p in t.parameters()), "teacher received gradients"
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.student.parameters()), "student got no gradient"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.student.parameters()), (
+        "student got no gradient"
+    )
     optimizer.step()
     assert all(torch.equal(a, p) for a, p in zip(teacher_before, (p for t in method.teachers for p in t.parameters())))
     assert any(not torch.equal(a, p) for a, p in zip(student_before, method.student.parameters()))

@@ -7,12 +7,15 @@ import math
 import pytest
 import torch
 
-from kdistill.config import ConfigError, OptimConfig, ScheduleConfig
+from kdistill.config import OptimConfig, ScheduleConfig
+from kdistill.contracts import ConfigError
 from kdistill.engine.optim import build_optimizer, build_scheduler, lr_multiplier
 
 
 def test_warmup_then_cosine_by_step():
-    factor = lr_multiplier(ScheduleConfig(name="cosine", warmup_steps=10, min_lr=0.0), base_lr=0.1, steps_per_epoch=10, epochs=11)
+    factor = lr_multiplier(
+        ScheduleConfig(name="cosine", warmup_steps=10, min_lr=0.0), base_lr=0.1, steps_per_epoch=10, epochs=11
+    )
     assert factor(0) == pytest.approx(0.1)  # (0 + 1) / 10
     assert factor(4) == pytest.approx(0.5)
     assert factor(9) == pytest.approx(1.0)
@@ -29,7 +32,9 @@ def test_cosine_floor():
 
 
 def test_step_schedule_decays_at_epoch_milestones():
-    factor = lr_multiplier(ScheduleConfig(name="step", milestones=[150, 180, 210], gamma=0.1), 0.05, steps_per_epoch=782, epochs=240)
+    factor = lr_multiplier(
+        ScheduleConfig(name="step", milestones=[150, 180, 210], gamma=0.1), 0.05, steps_per_epoch=782, epochs=240
+    )
     assert factor(149 * 782 + 781) == pytest.approx(1.0)
     assert factor(150 * 782) == pytest.approx(0.1)
     assert factor(180 * 782) == pytest.approx(0.01)

@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from kdistill.config import ConfigError, ModelConfig
-from kdistill.methods import METHODS, Batch, DataInfo
+from kdistill.config import ModelConfig
+from kdistill.contracts import Batch, ConfigError, DataInfo
+from kdistill.methods import METHODS
+from kdistill.methods.accounting import parameter_report
 from kdistill.methods.simkd import (
     SimKDProjector,
     SimKDStudent,
@@ -18,15 +20,22 @@ from kdistill.methods.simkd import (
     simkd_loss,
 )
 from kdistill.models import build_model
-from kdistill.report.accounting import parameter_report
 
 RNG = np.random.default_rng(1)
 NUM_CLASSES = 5
 INPUT_SHAPE = (1, 16, 16)
-TEACHER = ModelConfig(name="cnn", kwargs={"channels": [16, 32], "padding": 1, "batch_norm": True, "head": "avg"})  # 16x8x8, 32x4x4
-STUDENT = ModelConfig(name="cnn", kwargs={"channels": [8, 12], "padding": 1, "batch_norm": True, "head": "avg"})  # 8x8x8, 12x4x4
-STUDENT_SMALL_MAP = ModelConfig(name="cnn", kwargs={"channels": [8, 12], "padding": 0, "batch_norm": True, "head": "avg"})  # 12x2x2
-TEACHER_3 = ModelConfig(name="cnn", kwargs={"channels": [8, 16, 24], "padding": 1, "batch_norm": True, "head": "avg"})  # 8, 4, 2
+TEACHER = ModelConfig(
+    name="cnn", kwargs={"channels": [16, 32], "padding": 1, "batch_norm": True, "head": "avg"}
+)  # 16x8x8, 32x4x4
+STUDENT = ModelConfig(
+    name="cnn", kwargs={"channels": [8, 12], "padding": 1, "batch_norm": True, "head": "avg"}
+)  # 8x8x8, 12x4x4
+STUDENT_SMALL_MAP = ModelConfig(
+    name="cnn", kwargs={"channels": [8, 12], "padding": 0, "batch_norm": True, "head": "avg"}
+)  # 12x2x2
+TEACHER_3 = ModelConfig(
+    name="cnn", kwargs={"channels": [8, 16, 24], "padding": 1, "batch_norm": True, "head": "avg"}
+)  # 8, 4, 2
 
 
 def build(student=STUDENT, teachers=(TEACHER,), seed=0, **overrides):
@@ -34,7 +43,9 @@ def build(student=STUDENT, teachers=(TEACHER,), seed=0, **overrides):
     info = DataInfo(num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE, num_train=32)
     method_cls = METHODS.get("simkd")
     teacher_models = [build_model(t, NUM_CLASSES, INPUT_SHAPE) for t in teachers]
-    return method_cls(build_model(student, NUM_CLASSES, INPUT_SHAPE), teacher_models, method_cls.Config(**overrides), info)
+    return method_cls(
+        build_model(student, NUM_CLASSES, INPUT_SHAPE), teacher_models, method_cls.config_class(**overrides), info
+    )
 
 
 def batch(size=8, seed=0):
@@ -56,7 +67,9 @@ def test_projector_layout_matches_the_reference():
     assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] * 3
     convs = [layers[0], layers[3], layers[6]]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding, c.groups) for c in convs] == [
-        (12, 16, (1, 1), (0, 0), 1), (16, 16, (3, 3), (1, 1), 1), (16, 32, (1, 1), (0, 0), 1)
+        (12, 16, (1, 1), (0, 0), 1),
+        (16, 16, (3, 3), (1, 1), 1),
+        (16, 32, (1, 1), (0, 0), 1),
     ]
     assert all(c.bias is None for c in convs)
     assert projector(torch.randn(2, 12, 4, 4)).shape == (2, 32, 4, 4)
@@ -90,9 +103,16 @@ def test_kl_loss_hand_value():
 
 
 def test_default_config_follows_the_simkd_script():
-    config = METHODS.get("simkd").Config()
-    assert (config.factor, config.loss, config.projectors, config.ce_weight, config.kd_weight, config.weight) == (2, "l2", "final", 0.0, 0.0, 1.0)
-    assert METHODS.get("simkd").max_teachers is None
+    config = METHODS.get("simkd").config_class()
+    assert (config.factor, config.loss, config.projectors, config.ce_weight, config.kd_weight, config.weight) == (
+        2,
+        "l2",
+        "final",
+        0.0,
+        0.0,
+        1.0,
+    )
+    assert METHODS.get("simkd").traits.max_teachers is None
 
 
 def test_training_loss_is_mse_between_projected_student_and_teacher_map():
@@ -123,7 +143,9 @@ def test_logits_go_through_the_projector_and_the_teachers_head():
     method = build().eval()
     b = batch()
     with torch.no_grad():
-        expected = method.teacher.classifier_head()(method.projectors[0](method.student.forward_features(b.inputs).final_map))
+        expected = method.teacher.classifier_head()(
+            method.projectors[0](method.student.forward_features(b.inputs).final_map)
+        )
         assert torch.equal(method(b.inputs), expected)
         assert torch.equal(method.training_step(b).logits, expected)
 
@@ -200,7 +222,9 @@ def test_multi_projector_loss_is_the_weighted_sum():
         tf = method.teacher.forward_features(b.inputs)
         final = nn.MSELoss()(method.projectors[0](sf.final_map), tf.final_map)
         middle = nn.MSELoss()(method.extra_projectors[0](sf.stages[1]), tf.stages[1])
-        assert method.training_step(b).losses["simkd"].item() == pytest.approx((2 / 3 * final + 1 / 3 * middle).item(), rel=1e-6)
+        assert method.training_step(b).losses["simkd"].item() == pytest.approx(
+            (2 / 3 * final + 1 / 3 * middle).item(), rel=1e-6
+        )
 
 
 def test_invalid_variant_is_a_config_error():
@@ -260,7 +284,10 @@ def test_multi_teacher_per_teacher_projectors_average_the_heads():
     b = batch()
     with torch.no_grad():
         f = method.student.forward_features(b.inputs).final_map
-        expected = (method.teachers[0].classifier_head()(method.projectors[0](f)) + method.teachers[1].classifier_head()(method.projectors[1](f))) / 2
+        expected = (
+            method.teachers[0].classifier_head()(method.projectors[0](f))
+            + method.teachers[1].classifier_head()(method.projectors[1](f))
+        ) / 2
         assert torch.allclose(method(b.inputs), expected, atol=1e-6)
         assert torch.equal(method.student_for_export().eval()(b.inputs), method.training_step(b).logits)
     method.train()
@@ -303,7 +330,9 @@ def test_parameter_report_and_pruning_ratio_by_hand():
     assert report["params_projector"] == projector == report["params_method_modules"]
     assert report["params_classifier_delta"] == teacher_classifier - student_classifier
     assert report["params_deployed"] == student + projector + teacher_classifier - student_classifier
-    assert report["pruning_ratio"] == pytest.approx(1 - (student + projector + teacher_classifier - student_classifier) / teacher)
+    assert report["pruning_ratio"] == pytest.approx(
+        1 - (student + projector + teacher_classifier - student_classifier) / teacher
+    )
     # the deployed count is what the export really uses: everything but the student's own classifier
     exported = method.student_for_export()
     assert report["params_deployed"] == sum(p.numel() for p in exported.parameters()) - student_classifier
@@ -315,7 +344,7 @@ def test_parameter_report_for_a_plain_method_and_crd_buffers():
     teacher = build_model(TEACHER, NUM_CLASSES, INPUT_SHAPE)
     student = build_model(STUDENT, NUM_CLASSES, INPUT_SHAPE)
     crd_cls = METHODS.get("crd")
-    report = parameter_report(crd_cls(student, [teacher], crd_cls.Config(embed_dim=16, num_negatives=8), info))
+    report = parameter_report(crd_cls(student, [teacher], crd_cls.config_class(embed_dim=16, num_negatives=8), info))
     assert report["params_method_modules"] == (12 * 16 + 16) + (32 * 16 + 16)
     assert report["buffer_elements_method"] == 2 * 32 * 16 + 32 + 2
     assert report["pruning_ratio"] == pytest.approx(1 - report["params_student"] / report["params_teachers"][0])
@@ -328,21 +357,27 @@ def test_pruning_ratio_resnet8x4_from_resnet32x4_matches_the_paper():
     teacher = build_model(ModelConfig(name="resnet32x4"), 100, (3, 32, 32))
     student = build_model(ModelConfig(name="resnet8x4"), 100, (3, 32, 32))
     simkd_cls = METHODS.get("simkd")
-    report = parameter_report(simkd_cls(student, [teacher], simkd_cls.Config(), info))
+    report = parameter_report(simkd_cls(student, [teacher], simkd_cls.config_class(), info))
     assert 1 - report["params_student"] / report["params_teachers"][0] == pytest.approx(0.8340, abs=5e-4)
     assert report["pruning_ratio"] == pytest.approx(0.8052, abs=5e-4)
 
 
 def test_label_filter_kept_fraction_reaches_the_metrics(tmp_path, digits_teacher):
     """A real SimKD run with label filtering logs the fraction of samples the teacher got right."""
-    from conftest import digits_config
-
     from kdistill.engine.loop import fit
     from kdistill.track import read_metrics
 
+    from helpers import digits_config
+
     config = digits_config(
-        tmp_path, "simkd", "method.name=simkd", "method.label_filter=true", f"teacher.checkpoint={digits_teacher}",
-        "student.name=cnn", "student.kwargs={channels: [8, 16], hidden: 32, padding: 1}", "train.epochs=1",
+        tmp_path,
+        "simkd",
+        "method.name=simkd",
+        "method.label_filter=true",
+        f"teacher.checkpoint={digits_teacher}",
+        "student.name=cnn",
+        "student.kwargs={channels: [8, 16], hidden: 32, padding: 1}",
+        "train.epochs=1",
     )
     summary = fit(config, log=lambda _: None)
     kept = read_metrics(tmp_path / "simkd")[0]["train_kept_fraction"]

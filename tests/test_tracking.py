@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kdistill.engine.loop import fit
+from kdistill.api import fit
 
-from conftest import digits_config
+from helpers import digits_config
 
 
 def test_tensorboard_and_mlflow_receive_params_and_per_epoch_metrics(tmp_path):

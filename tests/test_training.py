@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from kdistill.api import evaluate_checkpoint
-from kdistill.config import ConfigError
+from kdistill.contracts import CheckpointError, ConfigError, TrainingDivergedError
 from kdistill.engine.export import load_student
-from kdistill.engine.loop import TrainingDivergedError, fit
-from kdistill.models.loading import CheckpointError, read_checkpoint
+from kdistill.engine.loop import fit
+from kdistill.models.loading import read_checkpoint
 from kdistill.track import read_metrics
 
-from conftest import digits_config
+from helpers import digits_config
 
-QUIET = dict(log=lambda _: None)
+QUIET = {"log": lambda _: None}
 
 
 def test_student_learns_on_real_digits_and_writes_its_run_directory(tmp_path):
@@ -28,14 +28,18 @@ def test_student_learns_on_real_digits_and_writes_its_run_directory(tmp_path):
         assert (run / name).is_file(), name
     metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
-    assert {"train_ce", "train_loss", "lr", "train_acc", "val_acc", "test_acc", "test_top5", "epoch_time_s"} <= set(metrics[-1])
+    assert {"train_ce", "train_loss", "lr", "train_acc", "val_acc", "test_acc", "test_top5", "epoch_time_s"} <= set(
+        metrics[-1]
+    )
     assert metrics[-1]["val_acc"] > metrics[0]["val_acc"] - 5
     assert json.loads((run / "summary.json").read_text())["best_epoch"] in (1, 2, 3)
     assert not list(run.glob(".*.tmp")), "temporary checkpoint files left behind"
 
 
 def test_kd_student_learns_from_a_real_teacher_and_reports_fidelity(tmp_path, digits_teacher):
-    config = digits_config(tmp_path, "kd", "method.name=kd", f"teacher.checkpoint={digits_teacher}", "method.temperature=4")
+    config = digits_config(
+        tmp_path, "kd", "method.name=kd", f"teacher.checkpoint={digits_teacher}", "method.temperature=4"
+    )
     summary = fit(config, **QUIET)
     assert summary["final_test_acc"] > 80.0
     assert summary["teacher_test_acc"] > 85.0
@@ -53,6 +57,11 @@ def test_teacher_cache_gives_the_same_training_as_running_the_teacher(tmp_path, 
     b = read_checkpoint(tmp_path / "live" / "last.pt")["method_state"]
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     assert cached["final_test_acc"] == pytest.approx(live["final_test_acc"], abs=0.3)
+    # the cache was really used: every training step was served from it and the teacher never ran in a step
+    trained_samples = read_metrics(tmp_path / "cached")[-1]["step"] * 64  # optimisation steps x batch size
+    assert cached["teacher_train_logits_cached"] is True and live["teacher_train_logits_cached"] is False
+    assert cached["teacher_cache_hits"] == trained_samples and cached["teacher_live_samples"] == 0
+    assert live["teacher_cache_hits"] == 0 and live["teacher_live_samples"] == trained_samples
 
 
 def test_resume_is_exact(tmp_path):

@@ -122,7 +122,13 @@ def test_known_feature_shapes_at_32x32():
         "shufflenetv2": [(116, 16, 16), (232, 8, 8), (464, 4, 4)],
         "shufflenetv2_x1_5": [(176, 16, 16), (352, 8, 8), (704, 4, 4)],
     }
-    embedding_dims = {"mobilenetv2": 1280, "mobilenetv2_x2": 1280, "shufflenetv2": 1024, "shufflenetv2_x1_5": 1024, "wrn_40_2": 128}
+    embedding_dims = {
+        "mobilenetv2": 1280,
+        "mobilenetv2_x2": 1280,
+        "shufflenetv2": 1024,
+        "shufflenetv2_x1_5": 1024,
+        "wrn_40_2": 128,
+    }
     for name, stages in expected.items():
         model = MODELS.get(name)(100, (3, 32, 32))
         shapes = feature_shapes(model, (3, 32, 32))
@@ -182,7 +188,7 @@ def test_reference_style_checkpoint_loads(tmp_path):
 
 
 def test_zoo_builders_reject_unknown_options():
-    from kdistill.config import ConfigError
+    from kdistill.contracts import ConfigError
 
     with pytest.raises(ConfigError, match="unknown option"):
         build_model(ModelConfig(name="resnet8", kwargs={"width": 2}), 10, (3, 32, 32))

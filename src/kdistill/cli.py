@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from kdistill import api
+from kdistill.config import Config, load_config, replace, to_dict
+from kdistill.contracts import CheckpointError, ConfigError, DatasetNotFoundError, TrainingDivergedError
+from kdistill.data import DATASET_INFO, build_data
+from kdistill.methods import METHODS
+from kdistill.models.catalog import model_catalog
+from kdistill.report.tables import markdown_table, plot_metric, runs_table
+from kdistill.tune import as_overrides, bit_hyperrule, lr_search
 
 CONFIG_HELP = (
     "YAML config file (see configs/). Every key can also be set with --set; without a file the "
@@ -22,82 +34,174 @@ SET_HELP = (
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help=CONFIG_HELP)
-    parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
-    parser.add_argument("--resume", action="store_true", help="continue the run in <output_dir>/<name> from its last.pt (exact: optimizer, schedule, epoch and RNG state are restored)")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing run directory of the same name first")
-    parser.add_argument("--trials", type=int, default=1, help="repeat with this many consecutive seeds (runs named <name>-seed<N>) and print mean ± std (default 1)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit without training")
+    parser.add_argument(
+        "--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in <output_dir>/<name> from its last.pt "
+        "(exact: optimizer, schedule, epoch and RNG state are restored)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete an existing run directory of the same name first"
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=1,
+        help="repeat with this many consecutive seeds (runs named <name>-seed<N>) and print mean ± std (default 1)",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit without training"
+    )
+
+
+Subcommands = argparse._SubParsersAction  # what add_subparsers returns
+
+
+def _add_run_command(commands: Subcommands) -> None:
+    """train and distill"""
+    train = commands.add_parser(
+        "train",
+        help="train a teacher or a baseline student on labels (method ce)",
+        description="Train a model on labels only (the `ce` method, or another label-only method).",
+    )
+    _add_run_options(train)
+    distill = commands.add_parser(
+        "distill",
+        help="distil a student from one or more teachers",
+        description="Train the student from the teacher(s) with the configured method (kd, funmatch, simkd, ...).",
+    )
+    _add_run_options(distill)
+
+
+def _add_tune_command(commands: Subcommands) -> None:
+    """tune"""
+    tune = commands.add_parser(
+        "tune",
+        help="grid over learning rate and schedule length (e.g. teacher fine-tuning), ranked by validation accuracy",
+        description="Train the config at every (learning rate, epochs) point, --trials seeds each, and rank the "
+        "points by mean best validation accuracy (the test split is never used to choose). With --bit-hyperrule "
+        "the optimiser, schedule, resolution and mixup first follow BiT-HyperRule for the dataset's size.",
+    )
+    tune.add_argument("--config", "-c", help=CONFIG_HELP)
+    tune.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    tune.add_argument(
+        "--lrs", type=float, nargs="+", required=True, help="learning rates to try, e.g. --lrs 1e-3 3e-3 1e-2"
+    )
+    tune.add_argument(
+        "--epochs",
+        type=int,
+        nargs="+",
+        help="schedule lengths to try (default: the config's train.epochs); step milestones are rescaled",
+    )
+    tune.add_argument("--trials", type=int, default=1, help="seeds per point (default 1)")
+    tune.add_argument(
+        "--bit-hyperrule",
+        action="store_true",
+        help="apply BiT-HyperRule (SGD, warmup, step decays, mixup, resolution) sized for the dataset before the grid",
+    )
+    tune.add_argument("--overwrite", action="store_true", help="replace existing run directories of the grid")
+
+
+def _add_eval_command(commands: Subcommands) -> None:
+    """eval"""
+    evaluate = commands.add_parser(
+        "eval",
+        help="accuracy (top-1/top-5) and loss of a run's student on a split",
+        description="Evaluate a run directory (its student.pt, else best.pt), a student.pt, or a best.pt/last.pt.",
+    )
+    evaluate.add_argument("checkpoint", help="run directory or checkpoint file")
+    evaluate.add_argument(
+        "--split", default="test", choices=["train", "val", "test"], help="which split (default test)"
+    )
+    evaluate.add_argument(
+        "--set",
+        "-s",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the run's data settings, e.g. --set data.root=/data",
+    )
+    evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+
+def _add_demo_command(commands: Subcommands) -> None:
+    """demo"""
+    demo = commands.add_parser(
+        "demo",
+        help="seed 002's story on Fashion-MNIST: teacher CNN, MLP alone, MLP + KD, table",
+        description="Train a CNN teacher, an MLP student alone and an MLP student with Hinton KD on "
+        "Fashion-MNIST, then print the comparison table (about 2-3 minutes on 2 CPU cores).",
+    )
+    demo.add_argument("--trials", type=int, default=3, help="seeds per student (mean ± std over them; default 3)")
+    demo.add_argument("--teacher-epochs", type=int, default=4, help="epochs of the CNN teacher (default 4)")
+    demo.add_argument("--student-epochs", type=int, default=10, help="epochs of each student run (default 10)")
+    demo.add_argument("--temperature", type=float, default=10.0, help="KD temperature T (default 10, seed 002's best)")
+    demo.add_argument(
+        "--kd-weight",
+        type=float,
+        default=0.5,
+        help="lambda: loss = (1-lambda) CE + lambda T^2 KL (default 0.5, seed 002)",
+    )
+    demo.add_argument("--train-subset", type=int, default=None, help="train on a random subset of N images (quicker)")
+    demo.add_argument("--output-dir", default="runs/demo", help="where the run directories go (default runs/demo)")
+    demo.add_argument(
+        "--set",
+        "-s",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config value of all demo runs, e.g. --set train.device=cuda",
+    )
+
+
+def _add_report_command(commands: Subcommands) -> None:
+    """report"""
+    report = commands.add_parser(
+        "report",
+        help="table (mean ± std over seeds) and plot from run directories",
+        description="Group run directories by name (without -seedN) and print last-epoch and best-by-validation "
+        "test accuracy.",
+    )
+    report.add_argument("runs", nargs="+", help="run directories")
+    report.add_argument("--baseline", help="run name (without -seedN) to compute gains against")
+    report.add_argument(
+        "--plot", metavar="METRIC", help="also plot this metrics.jsonl column per epoch (e.g. test_acc)"
+    )
+    report.add_argument("--out", default="report.png", help="plot file (default report.png)")
+
+
+def _add_listing_command(commands: Subcommands) -> None:
+    """models, datasets, methods"""
+    models = commands.add_parser("models", help="list the model zoo (name, family, parameters, source)")
+    models.add_argument("--num-classes", type=int, default=100, help="classes for the parameter count (default 100)")
+    models.add_argument("--input-shape", default="3,32,32", help="C,H,W for the parameter count (default 3,32,32)")
+    commands.add_parser("datasets", help="list the datasets and how to get each")
+    commands.add_parser("methods", help="list the distillation methods and their options")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdistill",
         description="Knowledge distillation: train teachers, distil students, evaluate and report. "
-        "Every run writes <output_dir>/<name>/ with config.yaml, metrics.jsonl, last.pt, best.pt, student.pt, summary.json.",
+        "Every run writes <output_dir>/<name>/ with config.yaml, metrics.jsonl, last.pt, best.pt, student.pt, "
+        "summary.json.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    train = commands.add_parser("train", help="train a teacher or a baseline student on labels (method ce)",
-                                description="Train a model on labels only (the `ce` method, or another label-only method).")
-    _add_run_options(train)
-    distill = commands.add_parser("distill", help="distil a student from one or more teachers",
-                                  description="Train the student from the teacher(s) with the configured method (kd, funmatch, simkd, ...).")
-    _add_run_options(distill)
-
-    tune = commands.add_parser("tune", help="grid over learning rate and schedule length (e.g. teacher fine-tuning), ranked by validation accuracy",
-                               description="Train the config at every (learning rate, epochs) point, --trials seeds each, and rank the "
-                               "points by mean best validation accuracy (the test split is never used to choose). With --bit-hyperrule "
-                               "the optimiser, schedule, resolution and mixup first follow BiT-HyperRule for the dataset's size.")
-    tune.add_argument("--config", "-c", help=CONFIG_HELP)
-    tune.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
-    tune.add_argument("--lrs", type=float, nargs="+", required=True, help="learning rates to try, e.g. --lrs 1e-3 3e-3 1e-2")
-    tune.add_argument("--epochs", type=int, nargs="+", help="schedule lengths to try (default: the config's train.epochs); step milestones are rescaled")
-    tune.add_argument("--trials", type=int, default=1, help="seeds per point (default 1)")
-    tune.add_argument("--bit-hyperrule", action="store_true", help="apply BiT-HyperRule (SGD, warmup, step decays, mixup, resolution) sized for the dataset before the grid")
-    tune.add_argument("--overwrite", action="store_true", help="replace existing run directories of the grid")
-
-    evaluate = commands.add_parser("eval", help="accuracy (top-1/top-5) and loss of a run's student on a split",
-                                   description="Evaluate a run directory (its student.pt, else best.pt), a student.pt, or a best.pt/last.pt.")
-    evaluate.add_argument("checkpoint", help="run directory or checkpoint file")
-    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
-    evaluate.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the run's data settings, e.g. --set data.root=/data")
-    evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-
-    demo = commands.add_parser("demo", help="seed 002's story on Fashion-MNIST: teacher CNN, MLP alone, MLP + KD, table",
-                               description="Train a CNN teacher, an MLP student alone and an MLP student with Hinton KD on "
-                               "Fashion-MNIST, then print the comparison table (about 2-3 minutes on 2 CPU cores).")
-    demo.add_argument("--trials", type=int, default=3, help="seeds per student (mean ± std over them; default 3)")
-    demo.add_argument("--teacher-epochs", type=int, default=4, help="epochs of the CNN teacher (default 4)")
-    demo.add_argument("--student-epochs", type=int, default=10, help="epochs of each student run (default 10)")
-    demo.add_argument("--temperature", type=float, default=10.0, help="KD temperature T (default 10, seed 002's best)")
-    demo.add_argument("--kd-weight", type=float, default=0.5, help="lambda: loss = (1-lambda) CE + lambda T^2 KL (default 0.5, seed 002)")
-    demo.add_argument("--train-subset", type=int, default=None, help="train on a random subset of N images (quicker)")
-    demo.add_argument("--output-dir", default="runs/demo", help="where the run directories go (default runs/demo)")
-    demo.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any config value of all demo runs, e.g. --set train.device=cuda")
-
-    report = commands.add_parser("report", help="table (mean ± std over seeds) and plot from run directories",
-                                 description="Group run directories by name (without -seedN) and print last-epoch and best-by-validation test accuracy.")
-    report.add_argument("runs", nargs="+", help="run directories")
-    report.add_argument("--baseline", help="run name (without -seedN) to compute gains against")
-    report.add_argument("--plot", metavar="METRIC", help="also plot this metrics.jsonl column per epoch (e.g. test_acc)")
-    report.add_argument("--out", default="report.png", help="plot file (default report.png)")
-
-    models = commands.add_parser("models", help="list the model zoo (name, family, parameters, source)")
-    models.add_argument("--num-classes", type=int, default=100, help="classes for the parameter count (default 100)")
-    models.add_argument("--input-shape", default="3,32,32", help="C,H,W for the parameter count (default 3,32,32)")
-    commands.add_parser("datasets", help="list the datasets and how to get each")
-    commands.add_parser("methods", help="list the distillation methods and their options")
+    for add in (_add_run_command, _add_tune_command, _add_eval_command, _add_demo_command, _add_report_command):
+        add(commands)
+    _add_listing_command(commands)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kdistill import api
-    from kdistill.config import load_config
 
     config = load_config(args.config, args.overrides)
     if args.print_config:
-        from kdistill.config import to_dict
-
         print(yaml.safe_dump(to_dict(config), sort_keys=False))
         return 0
     runner = api.train if args.command == "train" else api.distill
@@ -111,72 +215,88 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from kdistill import api
-    from kdistill.config import load_config, replace
-    from kdistill.report.tables import markdown_table
-    from kdistill.tune import as_overrides, bit_hyperrule, lr_search
 
     config = load_config(args.config, args.overrides)
     if args.bit_hyperrule:
-        from kdistill.data import build_data
-
         data = build_data(config.data, config.seed)
         rule = bit_hyperrule(len(data.train), data.input_shape[1:], config.data.batch_size)  # type: ignore[arg-type]
         config = replace(config, as_overrides(rule) + args.overrides)  # explicit --set values win
         print(f"BiT-HyperRule for {len(data.train)} training images: {rule}")  # type: ignore[arg-type]
 
-    def run(trial_config):
+    def run(trial_config: Config) -> dict[str, Any]:
         return api.train(trial_config, overwrite=args.overwrite)
 
     rows = lr_search(config, args.lrs, args.epochs or [config.train.epochs], args.trials, fit=run)
-    table = [[f"{r['lr']:g}", r["epochs"], r["trials"], f"{r['val_acc_mean']:.2f} ± {r['val_acc_std']:.2f}", f"{r['test_acc_mean']:.2f}"] for r in rows]
-    print(markdown_table(["lr", "epochs", "trials", "best val acc", "test acc (last epoch, not used to choose)"], table))
+    table = [
+        [
+            f"{r['lr']:g}",
+            r["epochs"],
+            r["trials"],
+            f"{r['val_acc_mean']:.2f} ± {r['val_acc_std']:.2f}",
+            f"{r['test_acc_mean']:.2f}",
+        ]
+        for r in rows
+    ]
+    print(
+        markdown_table(["lr", "epochs", "trials", "best val acc", "test acc (last epoch, not used to choose)"], table)
+    )
     print(f"best: lr {rows[0]['lr']:g}, {rows[0]['epochs']} epochs ({rows[0]['runs'][0]})")
     return 0
 
 
 def _list_models(args: argparse.Namespace) -> int:
-    from kdistill.models.catalog import model_catalog
-    from kdistill.report.tables import markdown_table
 
-    shape = tuple(int(v) for v in args.input_shape.split(","))
-    rows = [[r["name"], r["family"], f"{r['parameters']:,}", r["source"]] for r in model_catalog(args.num_classes, shape)]
-    print(markdown_table(["model", "family", f"parameters ({args.num_classes} classes, {args.input_shape})", "source"], rows))
-    print("\nOutside models: timm:<name> (e.g. timm:resnetv2_50x1_bit) and torchvision:<name> (e.g. torchvision:resnet18).")
+    try:
+        channels, height, width = (int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape {args.input_shape!r}: expected C,H,W, e.g. 3,32,32") from None
+    shape = (channels, height, width)
+    rows = [
+        [r["name"], r["family"], f"{r['parameters']:,}", r["source"]] for r in model_catalog(args.num_classes, shape)
+    ]
+    print(
+        markdown_table(
+            ["model", "family", f"parameters ({args.num_classes} classes, {args.input_shape})", "source"], rows
+        )
+    )
+    print(
+        "\nOutside models: timm:<name> (e.g. timm:resnetv2_50x1_bit) and torchvision:<name> "
+        "(e.g. torchvision:resnet18)."
+    )
     return 0
 
 
 def _list_datasets() -> int:
-    from kdistill.data import DATASET_INFO
-    from kdistill.report.tables import markdown_table
 
     rows = [[name, info["description"], info["how_to_get"]] for name, info in sorted(DATASET_INFO.items())]
     print(markdown_table(["dataset", "description", "how to get it"], rows))
     return 0
 
 
-def _list_methods() -> int:
-    import dataclasses
+def plain_summary(docstring: str | None) -> str:
+    """The first sentence of a docstring without reST markup (``:func:`x``` -> x, ````x```` -> x)."""
+    text = " ".join((docstring or "").strip().split("\n\n")[0].split())
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
 
-    from kdistill.methods import METHODS
-    from kdistill.report.tables import markdown_table
+
+def _list_methods() -> int:
 
     rows = []
     for name in METHODS.names():
         method = METHODS.get(name)
-        options = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(method.Config) if f.name != "name")
-        first_line = (method.__doc__ or "").strip().splitlines()[0] if method.__doc__ else ""
-        rows.append([name, first_line, options or "-"])
-    print(markdown_table(["method", "what it does", "options (defaults)"], rows))
+        defaults = method.config_class()
+        options = ", ".join(
+            f"{f.name}={getattr(defaults, f.name)!r}" for f in dataclasses.fields(defaults) if f.name != "name"
+        )
+        kind = f"{method.traits.kind}, {method.traits.training}"
+        rows.append([name, kind, plain_summary(method.__doc__), options or "-"])
+    print(markdown_table(["method", "kind", "what it does", "options (defaults)"], rows))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from kdistill.config import ConfigError
-    from kdistill.data import DatasetNotFoundError
-    from kdistill.engine.loop import TrainingDivergedError
-    from kdistill.models.loading import CheckpointError
 
     try:
         if args.command in ("train", "distill"):
@@ -184,19 +304,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tune":
             return _tune(args)
         if args.command == "eval":
-            from kdistill import api
-
-            print(json.dumps(api.evaluate_checkpoint(args.checkpoint, args.split, args.overrides, args.device), indent=2))
+            print(
+                json.dumps(api.evaluate_checkpoint(args.checkpoint, args.split, args.overrides, args.device), indent=2)
+            )
             return 0
         if args.command == "demo":
-            from kdistill import api
-
-            api.demo(args.output_dir, args.trials, args.teacher_epochs, args.student_epochs, args.temperature,
-                     args.kd_weight, args.train_subset, args.overrides)
+            api.demo(
+                args.output_dir,
+                args.trials,
+                args.teacher_epochs,
+                args.student_epochs,
+                args.temperature,
+                args.kd_weight,
+                args.train_subset,
+                args.overrides,
+            )
             return 0
         if args.command == "report":
-            from kdistill.report.tables import plot_metric, runs_table
-
             print(runs_table(args.runs, args.baseline))
             if args.plot:
                 print(f"plot: {plot_metric(args.runs, args.plot, Path(args.out))}")
@@ -211,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdistill {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"kdistill {args.command}: interrupted; `--resume` continues from the last completed epoch", file=sys.stderr)
+        print(
+            f"kdistill {args.command}: interrupted; `--resume` continues from the last completed epoch", file=sys.stderr
+        )
         return 130
     return 1
 

@@ -3,8 +3,9 @@
 A run is described by one :class:`Config`. YAML files hold literals only; every key is checked
 against the schema (an unknown key fails with the list of valid ones, a value of the wrong type
 fails with the expected type). The ``method`` section is typed by the chosen method: each method
-registers its own dataclass of hyperparameters (``kdistill.methods``), so ``method.temperature``
-is valid for ``kd`` and an error for ``ce``.
+registers its own dataclass of hyperparameters into :data:`METHOD_CONFIGS` (``@register_method`` in
+``kdistill.methods.base`` does it), so ``method.temperature`` is valid for ``kd`` and an error for ``ce``.
+This module does not import the methods: the registry is filled by whoever imports them (``import kdistill``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import yaml
 
+from kdistill.contracts import ConfigError
+from kdistill.registry import Registry
 
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message says which and what is allowed."""
-
+__all__ = ["ConfigError", "Config", "METHOD_CONFIGS", "MethodConfig", "load_config", "from_dict", "to_dict", "replace"]
 
 # --------------------------------------------------------------------------- schema
 
@@ -35,7 +36,10 @@ class DataConfig:
     root: str | None = None  # where the files are; None = the dataset's default locations
     augment: str = "none"  # train transform preset (see `kdistill datasets`)
     image_size: int | None = None  # resize images to this side length (None = native size)
-    val_size: int | None = None  # samples carved from train for validation when the dataset has no val split (None = dataset default, 0 = none)
+    val_size: int | None = (
+        # samples carved from train for validation when the dataset has no val split (None = dataset default, 0 = none)
+        None
+    )
     train_subset: int | None = None  # use a seeded random subset of N training samples (quick runs)
     test_subset: int | None = None  # evaluate on a seeded random subset of N val/test samples
     batch_size: int = 128
@@ -57,9 +61,24 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """Base of every method's hyperparameter dataclass; ``name`` picks the method."""
+    """Base of every method's hyperparameter dataclass; ``name`` picks the method.
 
-    name: str = "ce"
+    A subclass does not repeat the name: ``@register_method("kd")`` sets ``method_name`` on the method's
+    config class, and ``name`` defaults to it.
+    """
+
+    method_name: ClassVar[str] = ""
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        own = type(self).method_name
+        if not self.name:
+            self.name = own or "ce"
+        elif own and self.name != own:
+            raise ConfigError(f"method.name={self.name!r} does not match {type(self).__name__} (method {own!r})")
+
+
+METHOD_CONFIGS: Registry[type[MethodConfig]] = Registry("method")
 
 
 @dataclass
@@ -122,7 +141,7 @@ class Config:
     student: ModelConfig = field(default_factory=ModelConfig)
     teacher: ModelConfig | None = None
     extra_teachers: list[ModelConfig] = field(default_factory=list)  # multi-teacher methods
-    method: MethodConfig = field(default_factory=lambda: _method_config_class("ce")())
+    method: MethodConfig = field(default_factory=lambda: method_config_class("ce")())
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -135,11 +154,10 @@ class Config:
 # --------------------------------------------------------------------------- parsing
 
 
-def _method_config_class(name: str) -> type[MethodConfig]:
-    from kdistill.methods import METHODS  # late import: methods import this module
-
+def method_config_class(name: str) -> type[MethodConfig]:
+    """The hyperparameter dataclass registered for method ``name``."""
     try:
-        return METHODS.get(name).Config
+        return METHOD_CONFIGS.get(name)
     except KeyError as error:
         raise ConfigError(f"method.name: {error.args[0]}") from None
 
@@ -166,7 +184,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -208,7 +226,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
     if cls is MethodConfig or (isinstance(cls, type) and issubclass(cls, MethodConfig) and "name" in data):
-        cls = _method_config_class(str(data.get("name", "ce")))
+        cls = method_config_class(str(data.get("name", "ce")))
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [key for key in data if key not in names]

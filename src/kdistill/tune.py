@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from kdistill import api
 from kdistill.config import Config, replace
 from kdistill.report.tables import mean_std
 
@@ -116,7 +118,7 @@ def lr_search(
     lrs: list[float],
     epochs_options: list[int],
     trials: int = 1,
-    fit: Callable[[Config], dict[str, Any]] | None = None,
+    fit: Callable[[Config], dict[str, Any]] = api.fit,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Fine-tune ``base_config`` at every (learning rate, epochs) point, ``trials`` seeds each, and rank the
@@ -128,8 +130,6 @@ def lr_search(
     ``test_acc_mean`` (the last epoch's test accuracy, for reference), ``runs`` (the run directories) and the
     ``summaries``. ``fit`` defaults to :func:`kdistill.api.fit`.
     """
-    if fit is None:
-        from kdistill.api import fit  # late import: the API imports the whole package
     if trials < 1 or not lrs or not epochs_options:
         raise ValueError("lr_search needs at least one learning rate, one schedule length and one trial")
     rows = []

@@ -13,13 +13,13 @@ consistent" (arXiv:2106.05237; google-research/big_vision ``trainers/proj/distil
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-RatioDistribution = Union[str, tuple[str, float]]
+RatioDistribution = str | tuple[str, float]
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
@@ -114,6 +114,31 @@ def _uniform_int(uniforms: Tensor, count: Tensor) -> Tensor:
     return torch.minimum(torch.floor(uniforms * count), count - 1)
 
 
+def _candidate_boxes(
+    aspect: Tensor, height_draws: Tensor, height: int, width: int, min_area: Tensor, max_area: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Widths, heights (B, A) and validity of the attempted boxes of :func:`sample_crop_boxes` (TF's rules)."""
+    box_h = torch.round(torch.sqrt(min_area / aspect))  # (B, A) smallest height
+    max_h = torch.round(torch.sqrt(max_area / aspect))  # (B, A) largest height before the caps
+    too_wide = torch.round(max_h * aspect) > width
+    capped = torch.floor((width + 0.5 - 1e-7) / aspect)  # largest h with round(h * ar) <= W (up to rounding)
+    capped = torch.where(torch.round(capped * aspect) > width, capped - 1, capped)
+    max_h = torch.where(too_wide, capped, max_h).clamp_max(height)
+    box_h = torch.minimum(box_h, max_h)
+    box_h = box_h + _uniform_int(height_draws, max_h - box_h + 1)  # (B, A) in [h_min, h_max]
+    box_w = torch.round(box_h * aspect)
+    # rounding repairs, as in TF: one pixel taller if too small, else one shorter if too large
+    small = box_w * box_h < min_area
+    box_h = torch.where(small, box_h + 1, box_h)
+    box_w = torch.where(small, torch.round(box_h * aspect), box_w)
+    large = box_w * box_h > max_area
+    box_h = torch.where(large, box_h - 1, box_h)
+    box_w = torch.where(large, torch.round(box_h * aspect), box_w)
+    area = box_w * box_h
+    valid = (area >= min_area) & (area <= max_area) & (box_w <= width) & (box_h <= height) & (box_w > 0) & (box_h > 0)
+    return box_w, box_h, valid
+
+
 def sample_crop_boxes(
     batch_size: int,
     height: int,
@@ -157,24 +182,7 @@ def sample_crop_boxes(
     max_area = torch.tensor(high * height * width, dtype=torch.float32, device=device)
     aspect = aspect_range[0] + (aspect_range[1] - aspect_range[0]) * uniforms[0]  # (B, A) = w / h
 
-    box_h = torch.round(torch.sqrt(min_area / aspect))  # (B, A) smallest height
-    max_h = torch.round(torch.sqrt(max_area / aspect))  # (B, A) largest height before the caps
-    too_wide = torch.round(max_h * aspect) > width
-    capped = torch.floor((width + 0.5 - 1e-7) / aspect)  # largest h with round(h * ar) <= W (up to rounding)
-    capped = torch.where(torch.round(capped * aspect) > width, capped - 1, capped)
-    max_h = torch.where(too_wide, capped, max_h).clamp_max(height)
-    box_h = torch.minimum(box_h, max_h)
-    box_h = box_h + _uniform_int(uniforms[1], max_h - box_h + 1)  # (B, A) in [h_min, h_max]
-    box_w = torch.round(box_h * aspect)
-    # rounding repairs, as in TF: one pixel taller if too small, else one shorter if too large
-    small = box_w * box_h < min_area
-    box_h = torch.where(small, box_h + 1, box_h)
-    box_w = torch.where(small, torch.round(box_h * aspect), box_w)
-    large = box_w * box_h > max_area
-    box_h = torch.where(large, box_h - 1, box_h)
-    box_w = torch.where(large, torch.round(box_h * aspect), box_w)
-    area = box_w * box_h
-    valid = (area >= min_area) & (area <= max_area) & (box_w <= width) & (box_h <= height) & (box_w > 0) & (box_h > 0)
+    box_w, box_h, valid = _candidate_boxes(aspect, uniforms[1], height, width, min_area, max_area)
 
     first = torch.where(valid.any(1), valid.float().argmax(1), torch.full((batch_size,), -1, device=device))
     pick = first.clamp_min(0)[:, None]  # (B, 1)
@@ -205,6 +213,40 @@ def crop_resize(inputs: Tensor, boxes: Tensor, output_size: tuple[int, int], fli
     return F.grid_sample(inputs, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+@overload
+def inception_crop(
+    inputs: Tensor,
+    generator: torch.Generator,
+    output_size: int | tuple[int, int] | None = ...,
+    area_range: tuple[float, float] = ...,
+    aspect_range: tuple[float, float] = ...,
+    return_boxes: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def inception_crop(
+    inputs: Tensor,
+    generator: torch.Generator,
+    output_size: int | tuple[int, int] | None = ...,
+    area_range: tuple[float, float] = ...,
+    aspect_range: tuple[float, float] = ...,
+    *,
+    return_boxes: Literal[True],
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def inception_crop(
+    inputs: Tensor,
+    generator: torch.Generator,
+    output_size: int | tuple[int, int] | None = ...,
+    area_range: tuple[float, float] = ...,
+    aspect_range: tuple[float, float] = ...,
+    return_boxes: bool = ...,
+) -> Tensor | tuple[Tensor, Tensor]: ...
+
+
 def inception_crop(
     inputs: Tensor,
     generator: torch.Generator,
@@ -228,7 +270,7 @@ def inception_crop(
     elif isinstance(output_size, int):
         output_size = (output_size, output_size)
     boxes = sample_crop_boxes(inputs.shape[0], height, width, generator, area_range, aspect_range)
-    crops = crop_resize(inputs, boxes, tuple(output_size))
+    crops = crop_resize(inputs, boxes, output_size)
     return (crops, boxes) if return_boxes else crops
 
 

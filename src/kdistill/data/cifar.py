@@ -19,18 +19,34 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from kdistill.config import DataConfig
-from kdistill.data import DatasetSplits, register_dataset
 from kdistill.data.imagefolder import default_roots, download_root, not_found
+from kdistill.data.registry import DatasetSplits, register_dataset
 from kdistill.data.transforms import tensor_splits
 
-CIFAR = {
+
+class CifarSpec(TypedDict):
+    """Where one CIFAR dataset's files are and what they hold."""
+
+    folder: str  # the batch folder, as in the archive
+    train: list[str]  # batch files
+    test: list[str]
+    meta: tuple[str, str]  # (file, key of the class names)
+    label_key: str
+    num_classes: int
+    mean: tuple[float, float, float]  # per channel, of the training set
+    std: tuple[float, float, float]
+    archive: str
+    torchvision: str  # the torchvision.datasets class that downloads it
+
+
+CIFAR: dict[str, CifarSpec] = {
     "cifar10": {
         "folder": "cifar-10-batches-py",
         "train": [f"data_batch_{i}" for i in range(1, 6)],
@@ -76,7 +92,7 @@ def _read_batches(directory: Path, names: list[str], label_key: str) -> tuple[Te
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 
-def _find(config: DataConfig, spec: dict) -> Path:
+def _find(config: DataConfig, spec: CifarSpec) -> Path:
     folder = spec["folder"]
     required = spec["train"] + spec["test"]
     candidates = default_roots(config, folder)  # data.root itself, data.root/<folder>, ~/.cache/kdistill/<folder>
@@ -101,7 +117,7 @@ def _find(config: DataConfig, spec: dict) -> Path:
     )
 
 
-def _class_names(directory: Path, spec: dict) -> list[str] | None:
+def _class_names(directory: Path, spec: CifarSpec) -> list[str] | None:
     name, key = spec["meta"]
     if not (directory / name).is_file():
         return None

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from kdistill.config import DataConfig
-from kdistill.data import DatasetSplits, register_dataset
-from kdistill.data.transforms import tensor_splits
 from kdistill.data.imagefolder import CACHE_DIR, download_root, not_found
 from kdistill.data.mnist_like import read_idx
+from kdistill.data.registry import DatasetSplits, register_dataset
+from kdistill.data.transforms import tensor_splits
 
 _DIGITS = list(string.digits)
 _UPPER = list(string.ascii_uppercase)
@@ -45,10 +45,34 @@ _MERGED_LOWER = list("abdefghnqrt")  # the lower-case letters bymerge / balanced
 
 # split -> (classes, train size, test size, label offset, class names)
 EMNIST_SPLITS: dict[str, dict] = {
-    "letters": {"classes": 26, "train": 124_800, "test": 20_800, "offset": 1, "names": [u + "/" + u.lower() for u in _UPPER]},
-    "balanced": {"classes": 47, "train": 112_800, "test": 18_800, "offset": 0, "names": _DIGITS + _UPPER + _MERGED_LOWER},
-    "byclass": {"classes": 62, "train": 697_932, "test": 116_323, "offset": 0, "names": _DIGITS + _UPPER + list(string.ascii_lowercase)},
-    "bymerge": {"classes": 47, "train": 697_932, "test": 116_323, "offset": 0, "names": _DIGITS + _UPPER + _MERGED_LOWER},
+    "letters": {
+        "classes": 26,
+        "train": 124_800,
+        "test": 20_800,
+        "offset": 1,
+        "names": [u + "/" + u.lower() for u in _UPPER],
+    },
+    "balanced": {
+        "classes": 47,
+        "train": 112_800,
+        "test": 18_800,
+        "offset": 0,
+        "names": _DIGITS + _UPPER + _MERGED_LOWER,
+    },
+    "byclass": {
+        "classes": 62,
+        "train": 697_932,
+        "test": 116_323,
+        "offset": 0,
+        "names": _DIGITS + _UPPER + list(string.ascii_lowercase),
+    },
+    "bymerge": {
+        "classes": 47,
+        "train": 697_932,
+        "test": 116_323,
+        "offset": 0,
+        "names": _DIGITS + _UPPER + _MERGED_LOWER,
+    },
     "digits": {"classes": 10, "train": 240_000, "test": 40_000, "offset": 0, "names": _DIGITS},
     "mnist": {"classes": 10, "train": 60_000, "test": 10_000, "offset": 0, "names": _DIGITS},
 }
@@ -204,7 +228,8 @@ def _register(split: str) -> None:
         f"emnist_{split}",
         description=f"EMNIST {split}: {spec['train']:,} train / {spec['test']:,} test 28x28 grey images, "
         f"{spec['classes']} classes (10% of train carved for val)",
-        how_to_get=f"emnist-{split}.mat from {MATLAB_URL} under data.root, or --set data.download=true (torchvision EMNIST)",
+        how_to_get=f"emnist-{split}.mat from {MATLAB_URL} under data.root, "
+        "or --set data.download=true (torchvision EMNIST)",
     )
     def builder(config: DataConfig) -> DatasetSplits:
         return emnist(config, split)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from kdistill.config import DataConfig
-from kdistill.data import DatasetSplits, register_dataset
 from kdistill.data.imagefolder import file_splits, locate, not_found
+from kdistill.data.registry import DatasetSplits, register_dataset
 
 FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 REQUIRED = ["jpg/", "imagelabels.mat", "setid.mat"]

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 from kdistill.config import DataConfig
-from kdistill.data import DatasetSplits, register_dataset
 from kdistill.data.imagefolder import file_splits, locate, not_found
+from kdistill.data.registry import DatasetSplits, register_dataset
 
 FOOD_URL = "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/"
 FOOD_ARCHIVE = "http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz"

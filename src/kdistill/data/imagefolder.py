@@ -22,8 +22,8 @@ Images are decoded lazily with PIL, converted to RGB and normalised with the Ima
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -32,8 +32,9 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from kdistill.config import DataConfig
-from kdistill.data import DatasetNotFoundError, DatasetSplits, register_dataset
-from kdistill.data.transforms import build_transforms
+from kdistill.contracts import DatasetNotFoundError
+from kdistill.data.registry import DatasetSplits, register_dataset
+from kdistill.data.transforms import build_transforms, train_transform_is_random
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,7 +74,9 @@ def locate(
     else, with ``data.download``, ``download(root)`` fills ``<root>/<subfolder>``; else DatasetNotFoundError."""
     candidates = default_roots(config, subfolder)
     for candidate in candidates:
-        if all((candidate / name).is_dir() if name.endswith("/") else (candidate / name).is_file() for name in required):
+        if all(
+            (candidate / name).is_dir() if name.endswith("/") else (candidate / name).is_file() for name in required
+        ):
             return candidate
     if config.download and download is not None:
         root = download_root(config)
@@ -82,7 +85,9 @@ def locate(
     raise not_found(title, candidates, required, how)
 
 
-def not_found(title: str, looked: Sequence[Path | str], required: Sequence[str], how: Sequence[str]) -> DatasetNotFoundError:
+def not_found(
+    title: str, looked: Sequence[Path | str], required: Sequence[str], how: Sequence[str]
+) -> DatasetNotFoundError:
     """A DatasetNotFoundError naming where we looked, which files were required and how to get them."""
     lines = [
         f"{title} not found. Looked for {', '.join(required)} in:",
@@ -111,7 +116,7 @@ class Squash:
         self.size = size
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return image.resize((self.size, self.size), Image.BILINEAR)
+        return image.resize((self.size, self.size), Image.Resampling.BILINEAR)
 
 
 class LoadImage:
@@ -121,10 +126,10 @@ class LoadImage:
         self.prepare, self.transform, self.draft = prepare, transform, draft
 
     def __call__(self, path: str | Path) -> Tensor:
-        with Image.open(path) as image:
-            if self.draft is not None and image.format == "JPEG":
-                image.draft("RGB", (self.draft, self.draft))  # decodes at >= draft on both sides
-            image = image.convert("RGB")
+        with Image.open(path) as opened:
+            if self.draft is not None and opened.format == "JPEG":
+                opened.draft("RGB", (self.draft, self.draft))  # decodes at >= draft on both sides
+            image = opened.convert("RGB")
         if self.prepare is not None:
             image = self.prepare(image)
         return self.transform(image)
@@ -133,6 +138,7 @@ class LoadImage:
 def file_transforms(config: DataConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD, default_size: int = DEFAULT_IMAGE_SIZE):
     """(train loader, eval loader, image size) for image-file datasets: path -> normalised (3, S, S)."""
     size = config.image_size or default_size
+    prepare: Callable[[Image.Image], Image.Image] | None
     if config.augment in FULL_RESOLUTION_PRESETS:
         prepare, native, draft = None, size, None
     elif config.augment in SQUASH_PRESETS:
@@ -147,7 +153,9 @@ def file_transforms(config: DataConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD, de
 class ImageFileDataset(Dataset):
     """Images read lazily from files: items are (transformed image tensor, int label)."""
 
-    def __init__(self, paths: Sequence[Path | str], labels: Sequence[int], load: Callable[[Path | str], Tensor]) -> None:
+    def __init__(
+        self, paths: Sequence[Path | str], labels: Sequence[int], load: Callable[[Path | str], Tensor]
+    ) -> None:
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} image paths but {len(labels)} labels")
         self.paths = [str(p) for p in paths]
@@ -175,7 +183,7 @@ def file_splits(
 ) -> DatasetSplits:
     """DatasetSplits of lazily read image files; ``default_val_size`` defaults to 10% of train."""
     train_load, eval_load, size = file_transforms(config, mean, std, default_size)
-    augmented = config.augment != "none"
+    augmented = train_transform_is_random(config)
     train_set = ImageFileDataset(*train, train_load)
     return DatasetSplits(
         train=train_set,
@@ -190,7 +198,9 @@ def file_splits(
     )
 
 
-def scan_class_folders(folder: Path, class_to_idx: dict[str, int] | None = None) -> tuple[list[Path], list[int], list[str]]:
+def scan_class_folders(
+    folder: Path, class_to_idx: dict[str, int] | None = None
+) -> tuple[list[Path], list[int], list[str]]:
     """(paths, labels, classes) of ``folder/<class>/<image>``; with ``class_to_idx`` the classes are fixed."""
     classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if class_to_idx is None:
@@ -213,11 +223,12 @@ def scan_class_folders(folder: Path, class_to_idx: dict[str, int] | None = None)
 def _folder_splits(config: DataConfig, root: Path, default_val_size: int | None) -> DatasetSplits:
     train_paths, train_labels, classes = scan_class_folders(root / "train")
     class_to_idx = {name: i for i, name in enumerate(classes)}
-    val = scan_class_folders(root / "val", class_to_idx)[:2]
+    val_folder = scan_class_folders(root / "val", class_to_idx)[:2]
+    val: tuple[list[Path], list[int]] | None = val_folder
     if (root / "test").is_dir():
         test = scan_class_folders(root / "test", class_to_idx)[:2]
     else:
-        test, val = val, None  # val/ is the evaluation split; a validation split is carved from train
+        test, val = val_folder, None  # val/ is the evaluation split; a validation split is carved from train
     return file_splits(
         config,
         train=(train_paths, train_labels),
@@ -260,7 +271,8 @@ IMAGENET_HOW = [
 
 @register_dataset(
     "imagenet",
-    description="ImageNet-1k (ILSVRC-2012) in class folders: 1,281,167 train / 50,000 val (used as test), 1000 classes; "
+    description="ImageNet-1k (ILSVRC-2012) in class folders: 1,281,167 train / 50,000 val (used as test), "
+    "1000 classes; "
     "10,000 train images carved for validation; 224 px default",
     how_to_get="image-net.org (account needed) + torchvision.datasets.ImageNet to unpack; --set data.root=DIR",
 )

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 
 from kdistill.config import DataConfig
-from kdistill.data import DatasetNotFoundError, DatasetSplits, register_dataset
+from kdistill.contracts import DatasetNotFoundError
+from kdistill.data.registry import DatasetSplits, register_dataset
 from kdistill.data.transforms import tensor_splits
 
 FASHION_FILES = {
@@ -25,7 +27,18 @@ FASHION_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path("~/.cache/kdistill").expanduser()
 
@@ -39,13 +52,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     dtype_code, ndim = data[2], data[3]
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    dtypes: dict[int, DTypeLike] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if dtype_code not in dtypes:
         raise ValueError(f"{path}: unknown IDX data type 0x{dtype_code:02x}")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     array = np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: expected {int(np.prod(shape))} values for shape {shape}, found {array.size} (truncated?)")
+        raise ValueError(
+            f"{path}: expected {int(np.prod(shape))} values for shape {shape}, found {array.size} (truncated?)"
+        )
     return array.reshape(shape)
 
 
@@ -98,9 +113,14 @@ def fashion_mnist(config: DataConfig) -> DatasetSplits:
     mean, std = (0.2860,), (0.3530,)
     return tensor_splits(
         config,
-        train=(torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),  # (N, 1, 28, 28)
-               torch.from_numpy(arrays["train_labels"].astype(np.int64))),
-        test=(torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1), torch.from_numpy(arrays["test_labels"].astype(np.int64))),
+        train=(
+            torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),  # (N, 1, 28, 28)
+            torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        ),
+        test=(
+            torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
+            torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        ),
         num_classes=len(FASHION_CLASSES),
         mean=mean,
         std=std,

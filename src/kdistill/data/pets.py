@@ -19,8 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdistill.config import DataConfig
-from kdistill.data import DatasetSplits, register_dataset
 from kdistill.data.imagefolder import file_splits, locate, not_found
+from kdistill.data.registry import DatasetSplits, register_dataset
 
 PETS_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 NUM_CLASSES = 37
@@ -85,4 +85,6 @@ def pets(config: DataConfig) -> DatasetSplits:
             )
         return paths, [label for _, label in entries]
 
-    return file_splits(config, train=split(trainval), test=split(test), num_classes=NUM_CLASSES, class_names=class_names)
+    return file_splits(
+        config, train=split(trainval), test=split(test), num_classes=NUM_CLASSES, class_names=class_names
+    )

@@ -16,15 +16,16 @@ Batch-level augmentation (mixup, crops on the device) belongs to methods (``Meth
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from kdistill.config import ConfigError, DataConfig
-from kdistill.data import DatasetSplits
+from kdistill.config import DataConfig
+from kdistill.contracts import ConfigError
+from kdistill.data.registry import DatasetSplits
 from kdistill.registry import Registry
 
 Transform = Callable[..., Tensor]
@@ -57,7 +58,13 @@ def preset_none(size: int, native: int, mean, std):
 def preset_crop_flip(size: int, native: int, mean, std):
     resize = [v2.Resize(size, antialias=True)] if size != native else []
     train = v2.Compose(
-        [v2.ToImage(), *resize, v2.RandomCrop(size, padding=max(1, size // 8)), v2.RandomHorizontalFlip(), *_finish(mean, std)]
+        [
+            v2.ToImage(),
+            *resize,
+            v2.RandomCrop(size, padding=max(1, size // 8)),
+            v2.RandomHorizontalFlip(),
+            *_finish(mean, std),
+        ]
     )
     return train, _eval_transform(size, native, mean, std)
 
@@ -72,7 +79,9 @@ def preset_cifar(size: int, native: int, mean, std):
 
 @PRESETS.register("imagenet")
 def preset_imagenet(size: int, native: int, mean, std):
-    train = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), *_finish(mean, std)])
+    train = v2.Compose(
+        [v2.ToImage(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), *_finish(mean, std)]
+    )
     return train, _central_eval(size, mean, std)
 
 
@@ -87,10 +96,21 @@ def preset_inception(size: int, native: int, mean, std):
 def preset_resize_crop(size: int, native: int, mean, std):
     bigger = round(size * 1.25)
     train = v2.Compose(
-        [v2.ToImage(), v2.Resize((bigger, bigger), antialias=True), v2.RandomCrop(size), v2.RandomHorizontalFlip(), *_finish(mean, std)]
+        [
+            v2.ToImage(),
+            v2.Resize((bigger, bigger), antialias=True),
+            v2.RandomCrop(size),
+            v2.RandomHorizontalFlip(),
+            *_finish(mean, std),
+        ]
     )
     evaluate = v2.Compose(
-        [v2.ToImage(), v2.CenterCrop(round(native * 0.875)), v2.Resize((size, size), antialias=True), *_finish(mean, std)]
+        [
+            v2.ToImage(),
+            v2.CenterCrop(round(native * 0.875)),
+            v2.Resize((size, size), antialias=True),
+            *_finish(mean, std),
+        ]
     )
     return train, evaluate
 
@@ -101,6 +121,11 @@ def build_transforms(preset: str, image_size: int | None, native_size: int, mean
     except KeyError as error:
         raise ConfigError(f"data.augment: {error.args[0]}") from None
     return builder(image_size or native_size, native_size, tuple(mean), tuple(std))
+
+
+def train_transform_is_random(config: DataConfig) -> bool:
+    """Whether the train transform of ``config.augment`` draws random parameters (every preset but ``none``)."""
+    return config.augment != "none"
 
 
 PREPARE_LIMIT_BYTES = 1 << 30  # above this, deterministic splits are transformed per item, not all at once
@@ -152,11 +177,13 @@ def tensor_splits(
     native = images.shape[-1]
     size = config.image_size or native
     train_tf, eval_tf = build_transforms(config.augment, config.image_size, native, mean, std)
-    augmented = config.augment != "none"
+    augmented = train_transform_is_random(config)
 
     def dataset(pair: tuple[Tensor, Tensor], transform, per_item: bool) -> TensorImageDataset:
         prepared_bytes = pair[0].shape[0] * pair[0].shape[1] * size * size * 4
-        return TensorImageDataset(pair[0], pair[1], transform, per_item=per_item or prepared_bytes > PREPARE_LIMIT_BYTES)
+        return TensorImageDataset(
+            pair[0], pair[1], transform, per_item=per_item or prepared_bytes > PREPARE_LIMIT_BYTES
+        )
 
     train_set = dataset(train, train_tf, augmented)
     return DatasetSplits(

@@ -1,65 +1,71 @@
-"""Atomic checkpoint writes and RNG state capture, for exact and preemption-safe resume."""
+"""Training checkpoints (``last.pt``, ``best.pt``, rotated ``epoch_NNNNN.pt``): what they hold, and restoring a
+run from one. Writes are atomic (``kdistill.runtime.io``)."""
 
 from __future__ import annotations
 
-import os
-import random
-import tempfile
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
+from kdistill.config import Config, to_dict
+from kdistill.engine.builders import load_method_state
+from kdistill.engine.run_dir import RunDir
+from kdistill.methods import Method
+from kdistill.models.loading import CHECKPOINT_KIND, read_checkpoint
+from kdistill.runtime.io import atomic_save
+from kdistill.runtime.rng import capture_rng_state, restore_rng_state
 
-def atomic_save(payload: Any, path: str | Path) -> None:
-    """Write with ``torch.save`` to a temp file in the same directory, fsync, then rename.
-
-    A crash mid-write leaves the previous file intact, never a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+TEACHER_PREFIX = "teachers."  # frozen teachers are not stored: their own checkpoints are the source
 
 
-def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and every CUDA device) RNG states, as weights_only-safe values."""
-    numpy_state = np.random.get_state()
+def checkpoint_payload(
+    method: Method[Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    best: dict[str, Any],
+    config: Config,
+) -> dict[str, Any]:
+    """Everything an exact resume needs: method modules, optimizer, schedule, completed epochs, RNG state."""
     return {
-        "python": random.getstate(),
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "kind": CHECKPOINT_KIND,
+        "epoch": epoch,  # number of completed epochs
+        "method_state": {k: v for k, v in method.state_dict().items() if not k.startswith(TEACHER_PREFIX)},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng_state(),
+        "best": best,
+        "student_spec": getattr(method.student, "kdistill_spec", None),
+        "config": to_dict(config),
     }
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
-    python_state = state["python"]
-    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore(
+    run: RunDir,
+    method: Method[Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    log: Callable[[str], None],
+) -> tuple[int, dict[str, Any]] | None:
+    """Load ``last.pt`` (method modules, optimizer, schedule, RNG); returns (completed epochs, best so far)."""
+    if not run.last.exists():
+        log(f"--resume: {run.last} does not exist yet, starting from scratch")
+        return None
+    checkpoint = read_checkpoint(run.last)
+    load_method_state(method, checkpoint["method_state"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    restore_rng_state(checkpoint["rng"])
+    run.truncate_metrics_after(checkpoint["epoch"])
+    log(f"resumed {run.path} after epoch {checkpoint['epoch']}")
+    return checkpoint["epoch"], checkpoint["best"]
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+def save_last(run: RunDir, payload: dict[str, Any], epoch: int, keep: int) -> None:
+    """``last.pt``, plus ``epoch_NNNNN.pt`` rotated to the newest ``keep`` when ``keep > 0``."""
+    atomic_save(payload, run.last)
+    if keep > 0:
+        atomic_save(payload, run.path / f"epoch_{epoch:05d}.pt")
+        for old in sorted(run.path.glob("epoch_*.pt"))[:-keep]:
+            old.unlink()

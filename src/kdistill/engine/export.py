@@ -8,16 +8,19 @@ own checkpoints are not needed to load it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from kdistill.config import Config, from_dict, to_dict
-from kdistill.engine.checkpoint import atomic_save
-from kdistill.methods.base import DataInfo, Method
-from kdistill.models.loading import STUDENT_KIND, CheckpointError, read_checkpoint
+from kdistill.contracts import CheckpointError, DataInfo
+from kdistill.engine.builders import build_method
+from kdistill.methods import Method
+from kdistill.models.loading import STUDENT_KIND, read_checkpoint
+from kdistill.runtime.io import atomic_save
 
 
-def save_student(method: Method, config: Config, info: DataInfo, path: str | Path) -> None:
+def save_student(method: Method[Any], config: Config, info: DataInfo, path: str | Path) -> None:
     module = method.student_for_export()
     atomic_save(
         {
@@ -43,12 +46,13 @@ def load_student(path: str | Path) -> tuple[nn.Module, Config, DataInfo]:
     return student_from_payload(payload)
 
 
-def student_from_payload(payload: dict) -> tuple[nn.Module, Config, DataInfo]:
+def student_from_payload(payload: dict[str, Any]) -> tuple[nn.Module, Config, DataInfo]:
     """The student of an already read ``student.pt`` payload."""
-    from kdistill.engine.loop import build_method
-
     config = from_dict(Config, payload["config"])
-    info = DataInfo(payload["num_classes"], tuple(payload["input_shape"]), payload["num_train"], config.data.batch_size)
+    shape = tuple(payload["input_shape"])
+    info = DataInfo(
+        payload["num_classes"], shape, payload["num_train"], config.data.batch_size
+    )  # (C, H, W) as save_student wrote it
     method = build_method(config, info, load_weights=False)  # architecture only; weights follow
     module = method.student_for_export()
     module.load_state_dict(payload["state_dict"])

@@ -1,4 +1,4 @@
-"""The one training loop: ``train_one_epoch``, ``evaluate`` and ``fit``.
+"""The one training loop: ``train_one_epoch`` and ``fit`` (build -> epochs -> finish).
 
 ``fit(config)`` is a pure function of its config and its run directory (no global state beyond the
 RNG seeding it does itself), so sweeps and trials can call it many times in one process.
@@ -6,161 +6,64 @@ RNG seeding it does itself), so sweeps and trials can call it many times in one 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from dataclasses import replace as dataclass_replace
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from kdistill.config import Config, ConfigError, ModelConfig, to_dict
+from kdistill.config import Config
+from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput, TrainingDivergedError
 from kdistill.data import Data, build_data, make_loader
-from kdistill.engine.checkpoint import atomic_save, capture_rng_state, restore_rng_state, seed_everything
-from kdistill.engine.distributed import average_gradients, init_from_environment, is_main_process, reduce_sums
+from kdistill.engine.builders import autocast, build_method, resolve_architectures, resolve_device
+from kdistill.engine.checkpoint import checkpoint_payload, restore, save_last
+from kdistill.engine.evaluation import evaluate
 from kdistill.engine.export import save_student
 from kdistill.engine.optim import build_optimizer, build_scheduler
-from kdistill.methods import METHODS, DataInfo, Method
-from kdistill.models import build_model
-from kdistill.models.loading import CHECKPOINT_KIND, architecture_from_checkpoint, read_checkpoint
-from kdistill.report.accounting import parameter_report
-from kdistill.track import RunDir
+from kdistill.engine.run_dir import RunDir, TrackerFactory
+from kdistill.engine.teacher_cache import TeacherReferences, compute_teacher_references, teacher_usage
+from kdistill.methods import Method
+from kdistill.methods.accounting import parameter_report
+from kdistill.runtime.distributed import average_gradients, init_from_environment, is_main_process, reduce_sums
+from kdistill.runtime.io import atomic_save
+from kdistill.runtime.rng import seed_everything
+
+__all__ = ["EpochSettings", "RunState", "TrainingDivergedError", "fit", "steps_per_epoch", "train_one_epoch"]
+
+Optimizer = torch.optim.Optimizer
+Scheduler = torch.optim.lr_scheduler.LRScheduler
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; no checkpoint was written from the diverged state."""
+# ----------------------------------------------------------------------------- one epoch
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu or auto")
-    return device
+@dataclass(frozen=True)
+class EpochSettings:
+    """What one training epoch needs to know from the config."""
 
+    num_epochs: int = 1  # for the progress bar's label
+    max_steps: int | None = None  # cap on steps per epoch (smoke tests)
+    clip_grad_norm: float | None = None
+    amp: bool = False
+    channels_last: bool = False
+    progress: bool = True
 
-def autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# ----------------------------------------------------------------------------- building
-
-
-def resolve_architectures(config: Config) -> Config:
-    """Fill empty model names from their kdistill checkpoints so config.yaml names every architecture."""
-
-    def resolve(model: ModelConfig, where: str) -> ModelConfig:
-        if model.name or model.checkpoint is None:
-            return model
-        name, kwargs = architecture_from_checkpoint(model.checkpoint, where)
-        return dataclass_replace(model, name=name, kwargs=kwargs)
-
-    return dataclass_replace(
-        config,
-        student=resolve(config.student, "student"),
-        teacher=resolve(config.teacher, "teacher") if config.teacher is not None else None,
-        extra_teachers=[resolve(t, f"extra_teachers[{i}]") for i, t in enumerate(config.extra_teachers)],
-    )
-
-
-def build_method(config: Config, info: DataInfo, load_weights: bool = True) -> Method:
-    """Student + teachers + method modules, checked against the method's needs.
-
-    ``load_weights=False`` builds the architectures only (to load an exported state into).
-    """
-    try:
-        method_cls = METHODS.get(config.method.name)
-    except KeyError as error:
-        raise ConfigError(f"method.name: {error.args[0]}") from None
-    teacher_configs = config.teachers()
-    if method_cls.requires_teacher and not teacher_configs:
-        raise ConfigError(f"method {method_cls.name!r} distils from a teacher: set teacher.checkpoint (and teacher.name)")
-    if method_cls.max_teachers is not None and len(teacher_configs) > method_cls.max_teachers:
-        raise ConfigError(
-            f"method {method_cls.name!r} takes at most {method_cls.max_teachers} teacher(s), the config gives "
-            f"{len(teacher_configs)}" + ("; use `kdistill distill` for distillation" if method_cls.max_teachers == 0 else "")
+    @classmethod
+    def from_config(cls, config: Config) -> EpochSettings:
+        train = config.train
+        return cls(
+            train.epochs,
+            train.max_steps_per_epoch,
+            config.optim.clip_grad_norm,
+            train.amp,
+            train.channels_last,
+            train.progress,
         )
-    student_config = config.student if load_weights else dataclass_replace(config.student, checkpoint=None, pretrained=False)
-    student = build_model(student_config, info.num_classes, info.input_shape, where="student")
-    teachers = []
-    for i, teacher_config in enumerate(teacher_configs):
-        where = "teacher" if i == 0 else f"extra_teachers[{i - 1}]"
-        if not load_weights:
-            teacher_config = dataclass_replace(teacher_config, checkpoint=None, pretrained=False)
-        elif teacher_config.checkpoint is None and not teacher_config.pretrained:
-            raise ConfigError(f"{where}: a teacher needs trained weights: set {where}.checkpoint (or pretrained: true)")
-        teachers.append(build_model(teacher_config, info.num_classes, info.input_shape, where=where))
-    return method_cls(student, teachers, config.method, info)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict(
-    model: Callable[[Tensor], Tensor], loader: DataLoader, device: torch.device, amp: bool = False
-) -> tuple[Tensor, Tensor]:
-    """Logits (N, K) and targets (N,) for every sample of ``loader``'s dataset, in dataset-index order."""
-    outputs: Tensor | None = None
-    targets = torch.empty(len(loader.dataset), dtype=torch.int64, device=device)  # type: ignore[arg-type]
-    for batch in loader:
-        batch = batch.to(device)
-        with autocast(device, amp):
-            logits = model(batch.inputs).float()  # (B, K)
-        if outputs is None:
-            outputs = torch.empty(len(loader.dataset), logits.shape[1], device=device)  # type: ignore[arg-type]
-        outputs[batch.indices] = logits
-        targets[batch.indices] = batch.targets
-    if outputs is None:
-        raise ConfigError("cannot predict on an empty dataset")
-    return outputs, targets
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, teacher_logits: Tensor | None = None, amp: bool = False
-) -> dict[str, float]:
-    """Top-1/top-5 accuracy and CE loss of ``model`` (a method: its deployable student); with
-    ``teacher_logits`` (N, K) also the fidelity metrics of Beyer et al.: top-1 agreement with the
-    teacher and mean KL(teacher || student)."""
-    model.eval()
-    totals = {"loss": 0.0, "correct": 0.0, "correct5": 0.0, "agree": 0.0, "kl": 0.0, "count": 0.0}
-    for batch in loader:
-        batch = batch.to(device)
-        with autocast(device, amp):
-            logits = model(batch.inputs).float()  # (B, K)
-        totals["loss"] += F.cross_entropy(logits, batch.targets, reduction="sum").item()
-        totals["correct"] += (logits.argmax(1) == batch.targets).sum().item()
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
-        totals["correct5"] += (top5 == batch.targets[:, None]).any(1).sum().item()
-        if teacher_logits is not None:
-            reference = teacher_logits[batch.indices]  # (B, K)
-            totals["agree"] += (logits.argmax(1) == reference.argmax(1)).sum().item()
-            totals["kl"] += F.kl_div(
-                logits.log_softmax(1), reference.log_softmax(1), log_target=True, reduction="sum"
-            ).item()
-        totals["count"] += len(batch)
-    totals = reduce_sums(totals, device)
-    count = max(totals["count"], 1.0)
-    result = {
-        "loss": totals["loss"] / count,
-        "acc": 100.0 * totals["correct"] / count,
-        "top5": 100.0 * totals["correct5"] / count,
-    }
-    if teacher_logits is not None:
-        result["agreement"] = 100.0 * totals["agree"] / count
-        result["kl"] = totals["kl"] / count
-    return result
-
-
-# ----------------------------------------------------------------------------- training
 
 
 def steps_per_epoch(loader: DataLoader, max_steps: int | None) -> int:
@@ -168,76 +71,103 @@ def steps_per_epoch(loader: DataLoader, max_steps: int | None) -> int:
     return len(loader) if max_steps is None else min(len(loader), max_steps)
 
 
+class _EpochTotals:
+    """Sample-weighted sums of the loss terms and the correct predictions of one epoch (on the device)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, Tensor] = {}
+        self.correct = torch.zeros((), device=device)
+        self.seen = 0
+
+    def add(self, output: StepOutput, loss: Tensor, batch: Batch, uses_labels: bool) -> None:
+        size = len(batch)
+        self.seen += size
+        for key, value in output.losses.items():
+            self.sums[key] = self.sums.get(key, torch.zeros((), device=self.device)) + value.detach().float() * size
+        self.sums["loss"] = self.sums.get("loss", torch.zeros((), device=self.device)) + loss.detach().float() * size
+        if uses_labels:
+            self.correct += (output.logits.detach().argmax(1) == batch.targets).sum()
+
+    def running_loss(self) -> float:
+        return self.sums["loss"].item() / self.seen
+
+    def diverged(self, epoch: int) -> TrainingDivergedError:
+        terms = ", ".join(f"{k}={v.item() / max(self.seen, 1):.4g}" for k, v in self.sums.items())
+        return TrainingDivergedError(
+            f"the loss became NaN or infinite in epoch {epoch + 1} (running means: {terms}). Nothing was saved from "
+            "this epoch; last.pt holds the last good state. Lower optim.lr, set optim.clip_grad_norm, or check the "
+            "inputs."
+        )
+
+    def result(self, uses_labels: bool, epoch: int) -> dict[str, float]:
+        values = {
+            **{k: v.item() for k, v in self.sums.items()},
+            "correct": self.correct.item(),
+            "seen": float(self.seen),
+        }
+        totals = reduce_sums(values, self.device)
+        seen_all = max(totals.pop("seen"), 1.0)
+        correct_all = totals.pop("correct")
+        result = {f"train_{k}": v / seen_all for k, v in totals.items()}
+        if not math.isfinite(result["train_loss"]):
+            raise self.diverged(epoch)
+        if uses_labels:
+            result["train_acc"] = 100.0 * correct_all / seen_all
+        return result
+
+
+def _optimisation_step(
+    method: Method[Any], batch: Batch, optimizer: Optimizer, scheduler: Scheduler, settings: EpochSettings
+) -> tuple[StepOutput, Tensor]:
+    """Forward (under autocast), backward, gradient averaging over ranks, clipping, optimizer and schedule step."""
+    parameters = method.trainable_parameters()
+    with autocast(batch.inputs.device, settings.amp):
+        output = method.training_step(batch)
+    loss = output.loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(parameters)
+    if settings.clip_grad_norm is not None:
+        nn.utils.clip_grad_norm_(parameters, settings.clip_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return output, loss
+
+
 def train_one_epoch(
-    method: Method,
+    method: Method[Any],
     loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    optimizer: Optimizer,
+    scheduler: Scheduler,
     device: torch.device,
     epoch: int,
-    config: Config,
     generator: torch.Generator,
-    teacher_cache: Tensor | None = None,
+    settings: EpochSettings,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean of every loss term, the total, and train accuracy."""
     method.train()
-    train = config.train
-    parameters = method.trainable_parameters()
-    sums: dict[str, Tensor] = {}
-    correct = torch.zeros((), device=device)
-    seen = 0
-    steps = steps_per_epoch(loader, train.max_steps_per_epoch)
-    show = train.progress and is_main_process()
+    totals = _EpochTotals(device)
+    steps = steps_per_epoch(loader, settings.max_steps)
+    show = settings.progress and is_main_process()
     # disable=None: bars only on a terminal, so logs piped to a file stay readable
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False, disable=None if show else True)
+    bar = tqdm(
+        total=steps, desc=f"epoch {epoch + 1}/{settings.num_epochs}", leave=False, disable=None if show else True
+    )
     for step, batch in enumerate(loader):
         if step >= steps:
             break
-        batch = batch.to(device, channels_last=train.channels_last)
-        if teacher_cache is not None:
-            batch.teacher_logits = teacher_cache[batch.indices]  # (B, K)
-        batch = method.augment_batch(batch, generator)
-        with autocast(device, train.amp):
-            output = method.training_step(batch)
-        loss = output.loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(parameters)
-        if config.optim.clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(parameters, config.optim.clip_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        size = len(batch)
-        seen += size
-        for key, value in output.losses.items():
-            sums[key] = sums.get(key, torch.zeros((), device=device)) + value.detach().float() * size
-        sums["loss"] = sums.get("loss", torch.zeros((), device=device)) + loss.detach().float() * size
-        if method.uses_labels:
-            correct += (output.logits.detach().argmax(1) == batch.targets).sum()
+        batch = method.augment_batch(batch.to(device, channels_last=settings.channels_last), generator)
+        output, loss = _optimisation_step(method, batch, optimizer, scheduler, settings)
+        totals.add(output, loss, batch, method.traits.uses_labels)
         if step % 20 == 0 or step == steps - 1:
-            current = sums["loss"].item() / seen
+            current = totals.running_loss()
             if not math.isfinite(current):
-                _raise_diverged(epoch, sums, seen)
+                raise totals.diverged(epoch)
             bar.set_postfix(loss=f"{current:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
         bar.update(1)
     bar.close()
-    totals = reduce_sums({**{k: v.item() for k, v in sums.items()}, "correct": correct.item(), "seen": float(seen)}, device)
-    seen_all = max(totals.pop("seen"), 1.0)
-    correct_all = totals.pop("correct")
-    result = {f"train_{k}": v / seen_all for k, v in totals.items()}
-    if not math.isfinite(result["train_loss"]):
-        _raise_diverged(epoch, sums, seen)
-    if method.uses_labels:
-        result["train_acc"] = 100.0 * correct_all / seen_all
-    return result
-
-
-def _raise_diverged(epoch: int, sums: dict[str, Tensor], seen: int) -> None:
-    terms = ", ".join(f"{k}={v.item() / max(seen, 1):.4g}" for k, v in sums.items())
-    raise TrainingDivergedError(
-        f"the loss became NaN or infinite in epoch {epoch + 1} (running means: {terms}). Nothing was saved from "
-        f"this epoch; last.pt holds the last good state. Lower optim.lr, set optim.clip_grad_norm, or check the inputs."
-    )
+    return totals.result(method.traits.uses_labels, epoch)
 
 
 def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -247,43 +177,49 @@ def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Gener
     return generator
 
 
-def _checkpoint_payload(method: Method, optimizer, scheduler, epoch: int, best: dict, config: Config) -> dict[str, Any]:
-    teacher_prefix = "teachers."
-    return {
-        "kind": CHECKPOINT_KIND,
-        "epoch": epoch,  # number of completed epochs
-        "method_state": {k: v for k, v in method.state_dict().items() if not k.startswith(teacher_prefix)},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": capture_rng_state(),
-        "best": best,
-        "student_spec": getattr(method.student, "kdistill_spec", None),
-        "config": to_dict(config),
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunState:
+    """Everything a run holds between its build, its epochs and its finish."""
+
+    config: Config
+    device: torch.device
+    data: Data
+    info: DataInfo
+    method: Method[Any]
+    optimizer: Optimizer
+    scheduler: Scheduler
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]
+    epoch_steps: int
+    run: RunDir
+    started: float
+    start_epoch: int = 0
+    best: dict[str, Any] | None = None
+    references: TeacherReferences | None = None
+    summary_extra: dict[str, Any] | None = None
+
+
+def _loaders(config: Config, data: Data) -> tuple[DataLoader, dict[str, DataLoader]]:
+    data_config = config.data
+    train_loader = make_loader(
+        data.train, data_config.batch_size, True, config.seed, data_config.num_workers, drop_last=True
+    )
+    if len(train_loader) == 0:
+        num_train = len(data.train)  # type: ignore[arg-type]  # every kdistill dataset has a length
+        raise ConfigError(f"data.batch_size={data_config.batch_size} is larger than the training set ({num_train})")
+    eval_loaders = {
+        split: make_loader(dataset, data_config.eval_batch_size, False, config.seed, data_config.num_workers)
+        for split, dataset in (("val", data.val), ("test", data.test))
+        if dataset is not None
     }
+    return train_loader, eval_loaders
 
 
-def load_method_state(method: Method, state: dict[str, Tensor]) -> None:
-    """Load a checkpoint's method state (which omits the frozen teachers)."""
-    missing, unexpected = method.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("teachers.")]
-    if missing or unexpected:
-        raise ConfigError(
-            f"checkpoint does not match the configured method: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-
-
-def fit(
-    config: Config,
-    resume: bool = False,
-    overwrite: bool = False,
-    log: Callable[[str], None] = print,
-    stop_after_epochs: int | None = None,
-) -> dict[str, Any]:
-    """Train ``config`` to the end (or continue it with ``resume``) and return its summary.
-
-    ``stop_after_epochs`` ends this call after that many completed epochs (the schedule still spans
-    ``train.epochs``; a later ``resume=True`` call continues exactly), for time-limited jobs.
-    """
+def build_run(config: Config, resume: bool, overwrite: bool, trackers: TrackerFactory | None) -> RunState:
+    """Device, data, method, loaders, optimizer and schedule, and the run directory (not yet restored)."""
     started = time.time()
     device = resolve_device(config.train.device)
     init_from_environment(device)
@@ -296,126 +232,140 @@ def fit(
     method = build_method(config, info).to(device)
     if config.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
-
-    train_loader = make_loader(data.train, config.data.batch_size, True, config.seed, config.data.num_workers, drop_last=True)
-    if len(train_loader) == 0:
-        raise ConfigError(f"data.batch_size={config.data.batch_size} is larger than the training set ({len(data.train)})")  # type: ignore[arg-type]
-    eval_loaders = {
-        split: make_loader(dataset, config.data.eval_batch_size, False, config.seed, config.data.num_workers)
-        for split, dataset in (("val", data.val), ("test", data.test))
-        if dataset is not None
-    }
+    train_loader, eval_loaders = _loaders(config, data)
     epoch_steps = steps_per_epoch(train_loader, config.train.max_steps_per_epoch)
     optimizer = build_optimizer(method.trainable_parameters(), config.optim)
     scheduler = build_scheduler(optimizer, config.schedule, epoch_steps, config.train.epochs)
-    run = RunDir.for_config(config, resume=resume, overwrite=overwrite)
+    run = RunDir.for_config(config, resume=resume, overwrite=overwrite, trackers=trackers)
+    return RunState(
+        config, device, data, info, method, optimizer, scheduler, train_loader, eval_loaders, epoch_steps, run, started
+    )
 
-    try:  # from here on the run directory's trackers are closed on every exit
-        restored = _restore(run, method, optimizer, scheduler, log) if resume else None
-        start_epoch, best = restored or (0, {"epoch": -1, "val_acc": -math.inf})
-        accounting = parameter_report(method)
-        summary_extra: dict[str, Any] = {
-            "student_parameters": accounting["params_deployed"],  # what inference needs (SimKD: + projector + teacher head)
-            "teacher_parameters": accounting["params_teachers"],
-            **accounting,
-        }
-        teacher_eval_logits, teacher_cache = _teacher_references(method, data, eval_loaders, config, device, summary_extra)
-        last_eval: dict[str, float] = {}
-        end_epoch = config.train.epochs if stop_after_epochs is None else min(config.train.epochs, stop_after_epochs)
-        for epoch in range(start_epoch, end_epoch):
-            epoch_start = time.time()
-            train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-            train_loader.generator.manual_seed(config.seed * 1_000_003 + epoch)  # type: ignore[union-attr]
-            method.on_epoch_start(epoch, config.train.epochs)
-            record: dict[str, Any] = {"epoch": epoch + 1, "step": (epoch + 1) * epoch_steps, "lr": optimizer.param_groups[0]["lr"]}
-            record.update(
-                train_one_epoch(method, train_loader, optimizer, scheduler, device, epoch, config,
-                                _epoch_generator(config.seed, epoch, device), teacher_cache)
-            )
-            record.update({f"train_{key}": value for key, value in method.epoch_metrics().items()})
-            record["train_time_s"] = time.time() - epoch_start
-            is_last = epoch + 1 == end_epoch
-            if is_last or (epoch + 1) % config.train.eval_every == 0:
-                for split, loader in eval_loaders.items():
-                    result = evaluate(method, loader, device, teacher_eval_logits.get(split), config.train.amp)
-                    record.update({f"{split}_{key}": value for key, value in result.items()})
-                last_eval = {k: v for k, v in record.items() if k.startswith(("val_", "test_"))}
-                if "val_acc" in record and record["val_acc"] > best["val_acc"]:
-                    best = {"epoch": epoch + 1, "val_acc": record["val_acc"], "test_acc": record.get("test_acc")}
-                    if is_main_process():
-                        atomic_save(_checkpoint_payload(method, optimizer, scheduler, epoch + 1, best, config), run.best)
-            record["epoch_time_s"] = time.time() - epoch_start
-            run.append_metrics(record)
-            log(_format_record(record))
-            if is_main_process() and (is_last or (epoch + 1) % config.train.checkpoint_every == 0):
-                _save_last(run, _checkpoint_payload(method, optimizer, scheduler, epoch + 1, best, config), epoch + 1, config.train.keep_checkpoints)
 
-        if end_epoch < config.train.epochs:
-            log(f"stopped after epoch {end_epoch} of {config.train.epochs}; continue with resume")
-            return {"name": config.name, "run_dir": str(run.path), "completed_epochs": end_epoch, "finished": False}
+def prepare_run(state: RunState, resume: bool, log: Callable[[str], None]) -> None:
+    """Restore ``last.pt`` when resuming, count parameters, compute the teachers' reference logits."""
+    restored = restore(state.run, state.method, state.optimizer, state.scheduler, log) if resume else None
+    state.start_epoch, state.best = restored or (0, {"epoch": -1, "val_acc": -math.inf})
+    accounting = parameter_report(state.method)
+    config = state.config
+    state.references = compute_teacher_references(
+        state.method, state.data, state.eval_loaders, state.device,
+        cache_enabled=config.train.cache_teacher_outputs, amp=config.train.amp,
+        loader_options=(config.data.eval_batch_size, config.seed, config.data.num_workers),
+    )  # fmt: skip
+    state.summary_extra = {
+        "student_parameters": accounting["params_deployed"],  # what inference needs (SimKD: + projector + teacher head)
+        "teacher_parameters": accounting["params_teachers"],
+        **accounting,
+        **state.references.summary(),
+    }
+
+
+def _evaluate_epoch(state: RunState, epoch: int, record: dict[str, Any]) -> None:
+    """Evaluate on val/test into ``record``; keep ``best.pt`` by validation accuracy."""
+    assert state.references is not None and state.best is not None
+    for split, loader in state.eval_loaders.items():
+        teacher_logits = state.references.eval_logits.get(split)
+        result = evaluate(state.method, loader, state.device, teacher_logits, state.config.train.amp)
+        record.update({f"{split}_{key}": value for key, value in result.items()})
+    if "val_acc" in record and record["val_acc"] > state.best["val_acc"]:
+        state.best = {"epoch": epoch + 1, "val_acc": record["val_acc"], "test_acc": record.get("test_acc")}
         if is_main_process():
-            save_student(method, config, info, run.path / "student.pt")
-        summary = {
-            "name": config.name,
-            "method": config.method.name,
-            "seed": config.seed,
-            "epochs": config.train.epochs,
-            "run_dir": str(run.path),
-            "best_epoch": best["epoch"],
-            "best_val_acc": best["val_acc"] if best["epoch"] > 0 else None,
-            "test_acc_at_best_val": best.get("test_acc"),
-            **{f"final_{k}": v for k, v in last_eval.items()},
-            **summary_extra,
-            "wall_time_s": time.time() - started,
-        }
-        run.write_summary(summary)
-        return summary
+            payload = checkpoint_payload(
+                state.method, state.optimizer, state.scheduler, epoch + 1, state.best, state.config
+            )
+            atomic_save(payload, state.run.best)
+
+
+def run_epoch(state: RunState, epoch: int, end_epoch: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train one epoch, evaluate when due, write metrics and checkpoints; returns the epoch's record."""
+    config, method = state.config, state.method
+    epoch_start = time.time()
+    state.train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]  # our EpochSampler
+    state.train_loader.generator.manual_seed(config.seed * 1_000_003 + epoch)
+    method.on_epoch_start(epoch, config.train.epochs)
+    record: dict[str, Any] = {
+        "epoch": epoch + 1, "step": (epoch + 1) * state.epoch_steps, "lr": state.optimizer.param_groups[0]["lr"]
+    }  # fmt: skip
+    generator = _epoch_generator(config.seed, epoch, state.device)
+    settings = EpochSettings.from_config(config)
+    record.update(
+        train_one_epoch(
+            method, state.train_loader, state.optimizer, state.scheduler, state.device, epoch, generator, settings
+        )
+    )
+    record.update({f"train_{key}": value for key, value in method.epoch_metrics().items()})
+    record["train_time_s"] = time.time() - epoch_start
+    is_last = epoch + 1 == end_epoch
+    if is_last or (epoch + 1) % config.train.eval_every == 0:
+        _evaluate_epoch(state, epoch, record)
+    record["epoch_time_s"] = time.time() - epoch_start
+    state.run.append_metrics(record)
+    log(_format_record(record))
+    if is_main_process() and (is_last or (epoch + 1) % config.train.checkpoint_every == 0):
+        payload = checkpoint_payload(method, state.optimizer, state.scheduler, epoch + 1, state.best or {}, config)
+        save_last(state.run, payload, epoch + 1, config.train.keep_checkpoints)
+    return record
+
+
+def finish_run(state: RunState, last_eval: dict[str, Any]) -> dict[str, Any]:
+    """Write the deployable student and ``summary.json``; returns the summary."""
+    config, best = state.config, state.best or {}
+    if is_main_process():
+        save_student(state.method, config, state.info, state.run.path / "student.pt")
+    summary = {
+        "name": config.name,
+        "method": config.method.name,
+        "seed": config.seed,
+        "epochs": config.train.epochs,
+        "run_dir": str(state.run.path),
+        "best_epoch": best["epoch"],
+        "best_val_acc": best["val_acc"] if best["epoch"] > 0 else None,
+        "test_acc_at_best_val": best.get("test_acc"),
+        **{f"final_{k}": v for k, v in last_eval.items()},
+        **(state.summary_extra or {}),
+        **(teacher_usage(state.method, state.references) if state.references else {}),
+        "wall_time_s": time.time() - state.started,
+    }
+    state.run.write_summary(summary)
+    return summary
+
+
+def fit(
+    config: Config,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    stop_after_epochs: int | None = None,
+    trackers: TrackerFactory | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` to the end (or continue it with ``resume``) and return its summary.
+
+    ``stop_after_epochs`` ends this call after that many completed epochs (the schedule still spans
+    ``train.epochs``; a later ``resume=True`` call continues exactly), for time-limited jobs. ``trackers``
+    starts optional experiment trackers for the run directory (``kdistill.track.build_sinks``).
+    """
+    state = build_run(config, resume, overwrite, trackers)
+    try:  # from here on the run directory's trackers are closed on every exit
+        prepare_run(state, resume, log)
+        total = state.config.train.epochs
+        end_epoch = total if stop_after_epochs is None else min(total, stop_after_epochs)
+        last_eval: dict[str, Any] = {}
+        for epoch in range(state.start_epoch, end_epoch):
+            record = run_epoch(state, epoch, end_epoch, log)
+            if any(key.startswith(("val_", "test_")) for key in record):
+                last_eval = {k: v for k, v in record.items() if k.startswith(("val_", "test_"))}
+        if end_epoch < total:
+            log(f"stopped after epoch {end_epoch} of {total}; continue with resume")
+            return {
+                "name": config.name,
+                "run_dir": str(state.run.path),
+                "completed_epochs": end_epoch,
+                "finished": False,
+            }
+        return finish_run(state, last_eval)
     finally:
-        run.close()  # finish trackers on success, stop, divergence or interruption
-
-
-def _restore(run: RunDir, method: Method, optimizer, scheduler, log: Callable[[str], None]) -> tuple[int, dict] | None:
-    """Load ``last.pt`` (method modules, optimizer, schedule, RNG); returns (completed epochs, best so far)."""
-    if not run.last.exists():
-        log(f"--resume: {run.last} does not exist yet, starting from scratch")
-        return None
-    checkpoint = read_checkpoint(run.last)
-    load_method_state(method, checkpoint["method_state"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    restore_rng_state(checkpoint["rng"])
-    run.truncate_metrics_after(checkpoint["epoch"])
-    log(f"resumed {run.path} after epoch {checkpoint['epoch']}")
-    return checkpoint["epoch"], checkpoint["best"]
-
-
-def _teacher_references(
-    method: Method, data: Data, eval_loaders: dict[str, DataLoader], config: Config, device: torch.device, summary: dict[str, Any]
-) -> tuple[dict[str, Tensor], Tensor | None]:
-    """Frozen teachers see deterministic eval inputs, so their val/test logits (fidelity metrics) are
-    computed once; their train logits too when neither the data nor the method augments. Records the
-    teachers' accuracy per split in ``summary``."""
-    if not len(method.teachers):
-        return {}, None
-    eval_logits = {}
-    for split, loader in eval_loaders.items():
-        logits, targets = predict(method.teacher_logits, loader, device, config.train.amp)
-        eval_logits[split] = logits
-        summary[f"teacher_{split}_acc"] = 100.0 * (logits.argmax(1) == targets).float().mean().item()
-    cacheable = method.teacher_outputs_cacheable and not data.train_augmented and not method.augments_batches
-    if not (config.train.cache_teacher_outputs and cacheable):
-        return eval_logits, None
-    plain_loader = make_loader(data.train, config.data.eval_batch_size, False, config.seed, config.data.num_workers)
-    return eval_logits, predict(method.teacher_logits, plain_loader, device, config.train.amp)[0]
-
-
-def _save_last(run: RunDir, payload: dict[str, Any], epoch: int, keep: int) -> None:
-    """``last.pt``, plus ``epoch_NNNNN.pt`` rotated to the newest ``keep`` when ``keep > 0``."""
-    atomic_save(payload, run.last)
-    if keep > 0:
-        atomic_save(payload, run.path / f"epoch_{epoch:05d}.pt")
-        for old in sorted(run.path.glob("epoch_*.pt"))[:-keep]:
-            old.unlink()
+        state.run.close()  # finish trackers on success, stop, divergence or interruption
 
 
 def _format_record(record: dict[str, Any]) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from kdistill.config import ConfigError, OptimConfig, ScheduleConfig
+from kdistill.config import OptimConfig, ScheduleConfig
+from kdistill.contracts import ConfigError
 
 
 def build_optimizer(parameters: list[nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
@@ -17,13 +18,17 @@ def build_optimizer(parameters: list[nn.Parameter], config: OptimConfig) -> torc
         raise ConfigError("nothing to optimise: the method has no trainable parameters")
     if config.name == "sgd":
         return torch.optim.SGD(
-            parameters, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
+            parameters,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
         )
     if config.name in ("adam", "adamw"):
         if len(config.betas) != 2:
             raise ConfigError(f"optim.betas must hold two numbers, got {config.betas}")
         cls = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
-        return cls(parameters, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+        return cls(parameters, lr=config.lr, betas=(config.betas[0], config.betas[1]), weight_decay=config.weight_decay)
     raise ConfigError(f"optim.name: unknown optimizer {config.name!r}; valid: sgd, adam, adamw")
 
 

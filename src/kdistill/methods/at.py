@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.methods.base import Batch, DataInfo, StepOutput, register_method
+from kdistill.contracts import Batch, DataInfo, StepOutput
+from kdistill.methods.base import register_method
 from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial, match_stages
 
 
@@ -31,16 +33,14 @@ def at_loss(student_map: Tensor, teacher_map: Tensor, p: float = 2.0) -> Tensor:
 class ATConfig(FeatureDistillConfig):
     """SimKD's run_distill.sh: -c 1 -d 1 -b 1000; p = 2; every stage pair (RepDistiller feat[1:-1])."""
 
-    name: str = "at"
     weight: float = 1000.0
     p: float = 2.0
 
 
 @register_method("at")
-class AT(FeatureMethod):
-    """Sum of :func:`at_loss` over all stage pairs (paired by :func:`match_stages`)."""
-
-    Config = ATConfig
+class AT(FeatureMethod[ATConfig]):
+    """Attention transfer: the students' spatial attention maps match the teacher's; :func:`at_loss` summed over
+    all stage pairs (paired by :func:`match_stages`)."""
 
     def __init__(self, student, teachers, config: ATConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)
@@ -54,5 +54,6 @@ class AT(FeatureMethod):
             at_loss(student_features.stages[i].float(), teacher_features.stages[j].float(), self.config.p)
             for i, j in self.pairs
         ]
-        losses["at"] = self.config.weight * sum(at_terms)
+        # match_stages pairs at least one stage (every model has one), so the sum is a Tensor, never the 0 start
+        losses["at"] = self.config.weight * cast(Tensor, sum(at_terms))
         return StepOutput(logits=student_features.logits, losses=losses)

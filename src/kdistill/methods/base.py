@@ -5,10 +5,14 @@ its own (regressors, projectors, memories). The trainer calls only what is defin
 
 - ``training_step(batch) -> StepOutput``: the losses of one batch, already weighted;
 - ``forward(inputs) -> logits``: the deployable student's prediction (used by evaluation);
-- ``student_for_export()``: the module that is saved as the final student;
-- hooks the method may override: ``on_epoch_start``, ``augment_batch`` (batch-level augmentation
-  run on the device, e.g. mixup), ``teacher_outputs_cacheable`` (the trainer may precompute the
-  teachers' logits once when the data pipeline is deterministic).
+- ``student_for_export()`` and ``deployed_parameters()``: what is deployed, and its parameter count;
+- hooks the method may override: ``on_epoch_start``, ``augment_batch`` (batch-level augmentation run on
+  the device, e.g. mixup), ``epoch_metrics``.
+
+What a method needs and does is declared once, in a :class:`MethodTraits` (class attribute ``traits``;
+``resolve_traits`` may refine it from the method's config). Its hyperparameters are the config class given
+as the type argument (``class KD(Method[KDConfig])``), and its name is given once, in ``@register_method``.
+Teachers' logits come from ``self.teacher_outputs``: the teachers run live, or a cache the trainer attached.
 
 Response-, feature- and relation-based methods differ only in ``training_step``; offline methods
 pass frozen teachers, online methods (mutual learning) hold trainable peers as their own
@@ -18,116 +22,91 @@ submodules, and self-distillation needs no teacher at all.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import ClassVar
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from kdistill.config import MethodConfig
+from kdistill.config import METHOD_CONFIGS, MethodConfig
+from kdistill.contracts import Batch, DataInfo, StepOutput
+from kdistill.models.taps import count_parameters
 from kdistill.registry import Registry
 
-METHODS: Registry[type["Method"]] = Registry("method")
+ConfigT = TypeVar("ConfigT", bound=MethodConfig)
+MethodT = TypeVar("MethodT", bound="type[Method[Any]]")
+METHODS: Registry[type[Method[Any]]] = Registry("method")
+
+KINDS = ("labels", "response", "feature", "relation")
+TRAINING_MODES = ("offline", "online", "self")
 
 
-def register_method(name: str):
-    """Class decorator: ``@register_method("kd")`` makes the method available as ``method.name: kd``."""
+@dataclass(frozen=True)
+class MethodTraits:
+    """What a method needs from the data and the teachers, declared in one place."""
 
-    def decorator(cls: type[Method]) -> type[Method]:
+    kind: str = "response"  # labels | response | feature | relation (seed 003's taxonomy)
+    training: str = "offline"  # offline (frozen teachers) | online (trainable peers) | self (no teacher)
+    needs_teacher: bool = True  # at least one teacher must be configured
+    max_teachers: int | None = 1  # None = any number (multi-teacher methods)
+    uses_labels: bool = True  # False: the loss never reads targets (train accuracy is not logged)
+    teacher_logits_only: bool = False  # only the teachers' logits are read: they may be served from a cache
+    augments_batches: bool = False  # augment_batch changes the inputs (mixup, crops on the device)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS or self.training not in TRAINING_MODES:
+            raise ValueError(f"MethodTraits: kind must be one of {KINDS}, training one of {TRAINING_MODES}")
+
+
+def register_method(name: str) -> Callable[[MethodT], MethodT]:
+    """Class decorator: ``@register_method("kd")`` makes the method available as ``method.name: kd``.
+
+    The name is written only here: it is set on the class and on its config class, which is registered
+    for the config schema (:data:`kdistill.config.METHOD_CONFIGS`).
+    """
+
+    def decorator(cls: MethodT) -> MethodT:
+        config_class = cls.config_class
+        if config_class is MethodConfig or config_class.method_name not in ("", name):
+            raise TypeError(f"method {name!r} needs its own config class: class {cls.__name__}(Method[<Config>])")
         cls.name = name
-        return METHODS.register(name)(cls)
+        config_class.method_name = name
+        METHOD_CONFIGS.register(name)(config_class)
+        METHODS.register(name)(cls)
+        return cls
 
     return decorator
 
 
-@dataclass
-class DataInfo:
-    """What a method may need to know about the data before training starts."""
-
-    num_classes: int
-    input_shape: tuple[int, int, int]  # (C, H, W) of one training input
-    num_train: int  # size of the training set (CRD's memory bank, sample indices)
-    batch_size: int = 0  # training batch per process (SemCKD's attention width); 0 = unknown
-
-
-@dataclass
-class Batch:
-    """One mini-batch. ``indices`` are positions in the training set (stable across epochs)."""
-
-    inputs: Tensor  # (B, C, H, W)
-    targets: Tensor  # (B,) int64 class labels
-    indices: Tensor  # (B,) int64
-    teacher_logits: Tensor | None = None  # (B, K) precomputed by the trainer when cacheable
-    extras: dict[str, Tensor] = field(default_factory=dict)  # method-specific per-sample data
-
-    def to(self, device: torch.device, channels_last: bool = False) -> "Batch":
-        inputs = self.inputs.to(device, non_blocking=True)
-        if channels_last and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return Batch(
-            inputs=inputs,
-            targets=self.targets.to(device, non_blocking=True),
-            indices=self.indices.to(device, non_blocking=True),
-            teacher_logits=None if self.teacher_logits is None else self.teacher_logits.to(device, non_blocking=True),
-            extras={k: v.to(device, non_blocking=True) for k, v in self.extras.items()},
-        )
-
-    def __len__(self) -> int:
-        return self.inputs.shape[0]
+def _config_type_argument(cls: type) -> type[MethodConfig] | None:
+    """The MethodConfig subclass given as type argument in ``cls``'s bases (``Method[KDConfig]``), if any."""
+    for base in getattr(cls, "__orig_bases__", ()):
+        for argument in typing.get_args(base):
+            if isinstance(argument, type) and issubclass(argument, MethodConfig):
+                return argument
+    return None
 
 
-@dataclass
-class StepOutput:
-    """Student logits (for training accuracy) and the loss terms, each already weighted."""
+class TeacherOutputs:
+    """The teachers' logits, computed live from the inputs (no gradient).
 
-    logits: Tensor  # (B, K)
-    losses: dict[str, Tensor]
+    With several teachers the logits are the log of their mean probabilities (the ensemble).
+    """
 
-    @property
-    def loss(self) -> Tensor:
-        return sum(self.losses.values())  # type: ignore[return-value]
+    def __init__(self, teachers: Iterable[nn.Module]) -> None:
+        self.teachers = list(teachers)
+        self.live_samples = 0  # inputs the teachers ran on (since the last reset_counts)
+        self.hits = 0  # samples served from a cache
 
+    def reset_counts(self) -> None:
+        self.live_samples = self.hits = 0
 
-class Method(nn.Module):
-    """Base class. Subclasses set ``Config`` (a ``MethodConfig`` dataclass) and ``training_step``."""
-
-    name: ClassVar[str] = "base"
-    Config: ClassVar[type[MethodConfig]] = MethodConfig
-    requires_teacher: ClassVar[bool] = True  # False for label-only, online and self-distillation methods
-    max_teachers: ClassVar[int | None] = 1  # None = any number (multi-teacher methods)
-    teacher_outputs_cacheable: ClassVar[bool] = False  # True if only the teachers' logits are used
-    uses_labels: ClassVar[bool] = True  # False: the loss never reads targets (train accuracy is not logged)
-
-    def __init__(self, student: nn.Module, teachers: list[nn.Module], config: MethodConfig, info: DataInfo) -> None:
-        super().__init__()
-        self.student = student
-        self.config = config
-        self.info = info
-        self.teachers = nn.ModuleList(teachers)
-        for teacher in self.teachers:
-            teacher.eval()
-            teacher.requires_grad_(False)
-        self.current_epoch = 0
-        self.num_epochs = 1
-
-    # ------------------------------------------------------------------ teachers
-    @property
-    def teacher(self) -> nn.Module:
-        return self.teachers[0]
-
-    def train(self, mode: bool = True) -> "Method":
-        super().train(mode)
-        for teacher in self.teachers:
-            teacher.eval()  # frozen teachers keep BN statistics and dropout off
-        return self
-
-    def teacher_logits(self, inputs: Tensor, batch: Batch | None = None) -> Tensor:
-        """The teachers' logits for ``inputs`` without gradient; cached ones from ``batch`` if given.
-
-        With several teachers this is the log of their mean probabilities (the ensemble).
-        """
-        if batch is not None and batch.teacher_logits is not None:
-            return batch.teacher_logits
+    def of(self, inputs: Tensor) -> Tensor:
+        """Logits (B, K) of the teachers for ``inputs``."""
+        self.live_samples += inputs.shape[0]
         with torch.no_grad():
             outputs = [teacher(inputs).float() for teacher in self.teachers]
         if len(outputs) == 1:
@@ -135,17 +114,88 @@ class Method(nn.Module):
         log_probs = torch.stack([o.log_softmax(dim=1) for o in outputs])  # (N_teachers, B, K)
         return torch.logsumexp(log_probs, dim=0) - math.log(len(outputs))
 
+    def logits(self, batch: Batch) -> Tensor:
+        """Logits (B, K) for the batch's inputs."""
+        return self.of(batch.inputs)
+
+
+class CachedTeacherOutputs(TeacherOutputs):
+    """Logits precomputed by the trainer for every training sample, served by sample index.
+
+    Only valid for inputs the cache was computed on: the trainer attaches it only when neither the data
+    pipeline nor the method augments (see ``kdistill.engine.teacher_cache``).
+    """
+
+    def __init__(self, teachers: Iterable[nn.Module], table: Tensor) -> None:
+        super().__init__(teachers)
+        self.table = table  # (N_train, K)
+
+    def logits(self, batch: Batch) -> Tensor:
+        self.hits += len(batch)
+        return self.table[batch.indices]  # (B, K)
+
+
+class Method(nn.Module, Generic[ConfigT]):
+    """Base class. Subclass as ``class X(Method[XConfig])`` and implement ``training_step``."""
+
+    name: ClassVar[str] = "base"
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    traits: MethodTraits = MethodTraits()  # the class declares it; an instance may refine it (resolve_traits)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = _config_type_argument(cls)
+        if declared is not None:
+            cls.config_class = declared
+
+    def __init__(self, student: nn.Module, teachers: list[nn.Module], config: ConfigT, info: DataInfo) -> None:
+        super().__init__()
+        self.student = student
+        self.config: ConfigT = config
+        self.info = info
+        self.teachers = nn.ModuleList(teachers)
+        for teacher in self.teachers:
+            teacher.eval()
+            teacher.requires_grad_(False)
+        self.teacher_outputs: TeacherOutputs = TeacherOutputs(self.teachers)
+        self.current_epoch = 0
+        self.num_epochs = 1
+        self.traits = self.resolve_traits()
+
+    def resolve_traits(self) -> MethodTraits:
+        """The traits of this instance; override to derive them from the config (e.g. mixup on or off)."""
+        return type(self).traits
+
+    def refined_traits(self, **changes: Any) -> MethodTraits:
+        """The class's traits with ``changes`` (for ``resolve_traits``)."""
+        return dataclass_replace(type(self).traits, **changes)
+
+    # ------------------------------------------------------------------ teachers
+    @property
+    def teacher(self) -> nn.Module:
+        return self.teachers[0]
+
+    def train(self, mode: bool = True) -> Method[ConfigT]:
+        super().train(mode)
+        for teacher in self.teachers:
+            teacher.eval()  # frozen teachers keep BN statistics and dropout off
+        return self
+
+    def teacher_logits(self, batch: Batch) -> Tensor:
+        """The teachers' logits (B, K) for the batch's inputs: live, or from the trainer's cache."""
+        return self.teacher_outputs.logits(batch)
+
+    def attach_teacher_cache(self, table: Tensor) -> None:
+        """Serve ``teacher_logits`` from precomputed logits (N_train, K), indexed by sample."""
+        self.teacher_outputs = CachedTeacherOutputs(self.teachers, table)
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch) -> StepOutput:
         raise NotImplementedError(f"{type(self).__name__} must implement training_step")
 
     def augment_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
-        """Batch-level augmentation on the device (mixup, crops). Default: none."""
+        """Batch-level augmentation on the device (mixup, crops); declare ``augments_batches`` with it."""
         return batch
-
-    @property
-    def augments_batches(self) -> bool:
-        return type(self).augment_batch is not Method.augment_batch
 
     def epoch_metrics(self) -> dict[str, float]:
         """Loss-free numbers of the epoch just trained, logged as ``train_<key>`` (e.g. SimKD's kept fraction)."""
@@ -164,6 +214,10 @@ class Method(nn.Module):
     def student_for_export(self) -> nn.Module:
         """The module saved as the final student. SimKD returns encoder + projector + teacher head."""
         return self.student
+
+    def deployed_parameters(self) -> dict[str, Any]:
+        """``params_deployed`` (what inference needs) and any method-specific counts behind it."""
+        return {"params_deployed": count_parameters(self.student)}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         teacher_ids = {id(p) for p in self.teachers.parameters()}

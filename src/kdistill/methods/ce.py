@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.config import ConfigError, MethodConfig
-from kdistill.methods.base import Batch, Method, StepOutput, register_method
+from kdistill.config import MethodConfig
+from kdistill.contracts import Batch, ConfigError, StepOutput
+from kdistill.data.augment import mixup
+from kdistill.methods.base import Method, MethodTraits, register_method
 
 
 def cross_entropy_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -30,42 +32,37 @@ def mixed_cross_entropy_loss(
 
 @dataclass
 class CEConfig(MethodConfig):
-    name: str = "ce"
     label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0  # mixup with Beta(alpha, alpha), partner = batch rolled by one; 0 = off (BiT-HyperRule: 0.1 from 20k images)
+    # mixup with Beta(alpha, alpha), partner = batch rolled by one; 0 = off (BiT-HyperRule: 0.1 from 20k images)
+    mixup_alpha: float = 0.0
 
 
 @register_method("ce")
-class CrossEntropy(Method):
+class CrossEntropy(Method[CEConfig]):
     """Labels only. ``kdistill train`` is this method; no teacher is loaded."""
 
-    Config = CEConfig
-    requires_teacher = False
-    max_teachers = 0
+    traits = MethodTraits(kind="labels", needs_teacher=False, max_teachers=0)
 
     def __init__(self, student, teachers, config: CEConfig, info) -> None:
         super().__init__(student, teachers, config, info)
         if not 0 <= config.mixup_alpha <= 2:
             raise ConfigError(f"method.mixup_alpha must be in [0, 2] (0 = no mixup), got {config.mixup_alpha}")
 
-    @property
-    def augments_batches(self) -> bool:
-        return self.config.mixup_alpha > 0
+    def resolve_traits(self) -> MethodTraits:
+        return self.refined_traits(augments_batches=self.config.mixup_alpha > 0)
 
     def augment_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
         """With ``mixup_alpha > 0``: mix the inputs with the rolled batch (one Beta ratio per batch, as BiT) and
         keep the ratio and partner in ``extras`` for the mixed loss; otherwise the batch is returned untouched."""
         if self.config.mixup_alpha <= 0:
             return batch
-        from kdistill.data.augment import mixup  # late import: kdistill.data imports kdistill.methods
-
         inputs, ratio, partner = mixup(batch.inputs, generator, ("beta", self.config.mixup_alpha))
         extras = {
             **batch.extras,
             "mixup_ratio": ratio.expand(len(batch)).float(),  # (B,)
             "mixup_partner": partner,  # (B,)
         }
-        return Batch(inputs=inputs, targets=batch.targets, indices=batch.indices, teacher_logits=None, extras=extras)
+        return batch.replace(inputs=inputs, extras=extras)
 
     def training_step(self, batch: Batch) -> StepOutput:
         logits = self.student(batch.inputs)  # (B, K)

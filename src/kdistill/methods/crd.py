@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.config import ConfigError
-from kdistill.methods.base import Batch, DataInfo, StepOutput, register_method
+from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput
+from kdistill.methods.base import register_method
 from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod
 
 EPS = 1e-7
@@ -48,6 +48,13 @@ class ContrastMemory(nn.Module):
     sample indices; the NCE normalisers Z are set from the first batch (as RepDistiller) and stored as
     buffers, so the whole state is checkpointed."""
 
+    # buffers (register_buffer in __init__)
+    memory_student: Tensor  # (N, D)
+    memory_teacher: Tensor  # (N, D)
+    labels: Tensor  # (N,) int64, -1 = not seen yet
+    z_student: Tensor  # () the NCE normaliser, -1 until the first batch
+    z_teacher: Tensor
+
     def __init__(self, dim: int, num_data: int, num_negatives: int, temperature: float, momentum: float) -> None:
         super().__init__()
         self.num_data, self.num_negatives = num_data, num_negatives
@@ -71,7 +78,9 @@ class ContrastMemory(nn.Module):
                 negatives = torch.where(same, torch.randint_like(negatives, 0, self.num_data), negatives)
         return torch.cat([indices[:, None], negatives], dim=1)
 
-    def forward(self, student_embed: Tensor, teacher_embed: Tensor, indices: Tensor, targets: Tensor, other_class: bool) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, student_embed: Tensor, teacher_embed: Tensor, indices: Tensor, targets: Tensor, other_class: bool
+    ) -> tuple[Tensor, Tensor]:
         """Scores of the student anchor against teacher memories and vice versa, each (B, 1 + K)."""
         batch_size, dim = student_embed.shape
         with torch.no_grad():
@@ -100,7 +109,6 @@ class CRDConfig(FeatureDistillConfig):
     """SimKD's run_distill.sh: -c 1 -d 1 -b 0.8 (RepDistiller's CRD runs: kd_weight 0); embed dim 128,
     16384 negatives, NCE temperature 0.07, memory momentum 0.5, on the pooled embeddings."""
 
-    name: str = "crd"
     weight: float = 0.8
     embed_dim: int = 128
     num_negatives: int = 16384
@@ -110,10 +118,9 @@ class CRDConfig(FeatureDistillConfig):
 
 
 @register_method("crd")
-class CRD(FeatureMethod):
-    """Needs ``batch.indices`` (positions in the training set, stable across epochs)."""
-
-    Config = CRDConfig
+class CRD(FeatureMethod[CRDConfig]):
+    """Contrastive representation distillation: student and teacher embeddings of the same sample are pulled
+    together against negatives from a memory bank (needs ``batch.indices``, stable across epochs)."""
 
     def __init__(self, student, teachers, config: CRDConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)
@@ -122,7 +129,9 @@ class CRD(FeatureMethod):
         student_shapes, teacher_shapes = self.model_shapes()
         self.embed_student = Embed(student_shapes.embedding_dim, config.embed_dim)
         self.embed_teacher = Embed(teacher_shapes.embedding_dim, config.embed_dim)
-        self.memory = ContrastMemory(config.embed_dim, info.num_train, config.num_negatives, config.nce_temperature, config.momentum)
+        self.memory = ContrastMemory(
+            config.embed_dim, info.num_train, config.num_negatives, config.nce_temperature, config.momentum
+        )
 
     def training_step(self, batch: Batch) -> StepOutput:
         student_features, teacher_features = self.student_and_teacher_features(batch.inputs)

@@ -9,11 +9,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdistill.config import MethodConfig
-from kdistill.methods.base import Batch, Method, StepOutput, register_method
+from kdistill.contracts import Batch, StepOutput
+from kdistill.methods.base import Method, MethodTraits, register_method
 from kdistill.methods.ce import cross_entropy_loss
 
 
-def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+def dkd_terms(
+    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
     """Zhao et al., "Decoupled Knowledge Distillation" (arXiv:2203.08679), mdistiller's ``dkd_loss``.
 
     With p = softmax(z / T): b = (p_target, sum of the other p) the binary target/non-target split and
@@ -26,8 +29,12 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, t
     p_teacher = F.softmax(teacher_logits / temperature, dim=1)
     # Both parts are summed from p (as mdistiller's cat_mask), not 1 - p_target, which rounds to 0
     # (and gives an infinite log) when the target probability rounds to 1.
-    binary_student = torch.cat([(p_student * gt_mask).sum(1, keepdim=True), (p_student * ~gt_mask).sum(1, keepdim=True)], dim=1)  # (B, 2)
-    binary_teacher = torch.cat([(p_teacher * gt_mask).sum(1, keepdim=True), (p_teacher * ~gt_mask).sum(1, keepdim=True)], dim=1)
+    binary_student = torch.cat(
+        [(p_student * gt_mask).sum(1, keepdim=True), (p_student * ~gt_mask).sum(1, keepdim=True)], dim=1
+    )  # (B, 2)
+    binary_teacher = torch.cat(
+        [(p_teacher * gt_mask).sum(1, keepdim=True), (p_teacher * ~gt_mask).sum(1, keepdim=True)], dim=1
+    )
     batch_size = targets.shape[0]
     tckd = F.kl_div(torch.log(binary_student), binary_teacher, reduction="sum") * temperature**2 / batch_size
     # mdistiller removes the target class by subtracting 1000 from its scaled logit
@@ -37,7 +44,9 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, t
     return tckd, nckd
 
 
-def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, beta: float, temperature: float) -> Tensor:
+def dkd_loss(
+    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, beta: float, temperature: float
+) -> Tensor:
     """alpha * TCKD + beta * NCKD (see :func:`dkd_terms`)."""
     tckd, nckd = dkd_terms(student_logits, teacher_logits, targets, temperature)
     return alpha * tckd + beta * nckd
@@ -48,7 +57,6 @@ class DKDConfig(MethodConfig):
     """mdistiller's CIFAR-100 defaults: CE 1, alpha 1, beta 8 (2 for resnet56/110 teachers, 6 for VGG/WRN
     pairs), T 4, the DKD term ramped linearly over the first 20 epochs (factor min(epoch / 20, 1), epochs from 1)."""
 
-    name: str = "dkd"
     ce_weight: float = 1.0
     alpha: float = 1.0
     beta: float = 8.0
@@ -57,9 +65,10 @@ class DKDConfig(MethodConfig):
 
 
 @register_method("dkd")
-class DKD(Method):
-    Config = DKDConfig
-    teacher_outputs_cacheable = True
+class DKD(Method[DKDConfig]):
+    """Decoupled KD: CE + alpha * target-class KD (TCKD) + beta * non-target-class KD (NCKD), ramped in."""
+
+    traits = MethodTraits(kind="response", teacher_logits_only=True)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -72,8 +81,15 @@ class DKD(Method):
 
     def training_step(self, batch: Batch) -> StepOutput:
         student_logits = self.student(batch.inputs)  # (B, K)
-        teacher_logits = self.teacher_logits(batch.inputs, batch).float()
-        loss = dkd_loss(student_logits.float(), teacher_logits, batch.targets, self.config.alpha, self.config.beta, self.config.temperature)
+        teacher_logits = self.teacher_logits(batch).float()
+        loss = dkd_loss(
+            student_logits.float(),
+            teacher_logits,
+            batch.targets,
+            self.config.alpha,
+            self.config.beta,
+            self.config.temperature,
+        )
         losses = {"dkd": self.warmup_factor * loss}
         if self.config.ce_weight:
             losses["ce"] = self.config.ce_weight * cross_entropy_loss(student_logits, batch.targets)

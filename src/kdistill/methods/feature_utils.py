@@ -15,16 +15,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.config import ConfigError, MethodConfig
-from kdistill.methods.base import Batch, Method
+from kdistill.config import MethodConfig
+from kdistill.contracts import Batch, ConfigError
+from kdistill.methods.base import Method, MethodTraits
 from kdistill.methods.ce import cross_entropy_loss
 from kdistill.methods.kd import kd_loss
-from kdistill.models.taps import Features, FeatureShapes, feature_shapes
+from kdistill.models.taps import Features, FeatureShapes, as_tapped, feature_shapes
 
 
 @dataclass
@@ -43,6 +45,12 @@ def require_maps(shapes: list[tuple[int, ...]], method: str, who: str) -> None:
             f"method {method!r} needs convolutional feature maps (C, H, W) from the {who}, "
             f"got stage shapes {shapes}; use a model with conv stages (e.g. cnn, resnet8x4)"
         )
+
+
+def map_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A stage shape as (C, H, W): for shapes :func:`require_maps` has checked (a ValueError otherwise)."""
+    channels, height, width = shape
+    return channels, height, width
 
 
 def align_spatial(student_map: Tensor, teacher_map: Tensor) -> tuple[Tensor, Tensor]:
@@ -77,17 +85,20 @@ def match_stages(num_student: int, num_teacher: int) -> list[tuple[int, int]]:
 
 def embedding_classifier(model: nn.Module) -> nn.Module:
     """The layer mapping a model's pooled ``embedding`` to its logits (the ``fc`` of its head)."""
-    head = model.classifier_head()
+    head = as_tapped(model).classifier_head()
     fc = getattr(head, "fc", None)
     if isinstance(fc, nn.Module):
         return fc
     raise ConfigError(f"{type(model).__name__}'s classifier head has no `fc` layer mapping the embedding to logits")
 
 
-class FeatureMethod(Method):
+FeatureConfigT = TypeVar("FeatureConfigT", bound=FeatureDistillConfig)
+
+
+class FeatureMethod(Method[FeatureConfigT]):
     """Base of the feature baselines: student/teacher taps, CE + KD terms, the method's own loss."""
 
-    Config = FeatureDistillConfig
+    traits = MethodTraits(kind="feature")
 
     def model_shapes(self) -> tuple[FeatureShapes, FeatureShapes]:
         """The student's and the teacher's tap shapes (stages, embedding width) for this data."""
@@ -104,9 +115,9 @@ class FeatureMethod(Method):
         return student_shapes, teacher_shapes
 
     def student_and_teacher_features(self, inputs: Tensor) -> tuple[Features, Features]:
-        student_features = self.student.forward_features(inputs)
+        student_features = as_tapped(self.student).forward_features(inputs)
         with torch.no_grad():
-            teacher_features = self.teacher.forward_features(inputs)
+            teacher_features = as_tapped(self.teacher).forward_features(inputs)
         return student_features, teacher_features
 
     def logit_losses(self, student_logits: Tensor, teacher_logits: Tensor, batch: Batch) -> dict[str, Tensor]:
@@ -115,5 +126,7 @@ class FeatureMethod(Method):
         if self.config.ce_weight:
             losses["ce"] = self.config.ce_weight * cross_entropy_loss(student_logits, batch.targets)
         if self.config.kd_weight:
-            losses["kd"] = self.config.kd_weight * kd_loss(student_logits, teacher_logits.float(), self.config.temperature)
+            losses["kd"] = self.config.kd_weight * kd_loss(
+                student_logits, teacher_logits.float(), self.config.temperature
+            )
         return losses

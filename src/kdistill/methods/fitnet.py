@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.config import ConfigError
-from kdistill.methods.base import Batch, DataInfo, StepOutput, register_method
-from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, require_maps
+from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput
+from kdistill.methods.base import register_method
+from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, map_shape, require_maps
 
 
 def hint_loss(regressed_student: Tensor, teacher_map: Tensor) -> Tensor:
@@ -57,17 +57,14 @@ class FitNetConfig(FeatureDistillConfig):
     ``hint_layer`` numbers stages as the reference's feature list does after the stem (feat[0]):
     hint_layer 1 = the first stage's output (RepDistiller's own default is 2)."""
 
-    name: str = "fitnet"
     weight: float = 100.0
     hint_layer: int = 1
     guided_layer: int | None = None  # teacher stage (1-based); None = the same as hint_layer
 
 
 @register_method("fitnet")
-class FitNet(FeatureMethod):
+class FitNet(FeatureMethod[FitNetConfig]):
     """Single-stage FitNet as in RepDistiller/SimKD's train_student.py (no separate hint pre-training)."""
-
-    Config = FitNetConfig
 
     def __init__(self, student, teachers, config: FitNetConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)
@@ -81,7 +78,9 @@ class FitNet(FeatureMethod):
         self.student_stage, self.teacher_stage = config.hint_layer - 1, guided - 1
         require_maps([student_shapes[self.student_stage]], "fitnet", "student")
         require_maps([teacher_shapes[self.teacher_stage]], "fitnet", "teacher")
-        self.regressor = ConvRegressor(student_shapes[self.student_stage], teacher_shapes[self.teacher_stage])
+        self.regressor = ConvRegressor(
+            map_shape(student_shapes[self.student_stage]), map_shape(teacher_shapes[self.teacher_stage])
+        )
 
     def training_step(self, batch: Batch) -> StepOutput:
         student_features, teacher_features = self.student_and_teacher_features(batch.inputs)

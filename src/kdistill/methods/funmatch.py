@@ -13,15 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.config import ConfigError, MethodConfig
+from kdistill.config import MethodConfig
+from kdistill.contracts import Batch, ConfigError, StepOutput
 from kdistill.data.augment import inception_crop, mixup, random_flip, resize
-from kdistill.methods.base import Batch, Method, StepOutput, register_method
+from kdistill.methods.base import Method, MethodTraits, register_method
 
 DISTANCES = ("kl", "euclidean_logits", "euclidean_log_probs", "squared_logits", "hard")
 MODES = ("function_matching", "consistent", "independent_noise", "fixed_teacher")
 
 
-def funmatch_loss(student_logits: Tensor, teacher_logits: Tensor, distance: str = "kl", temperature: float = 1.0) -> Tensor:
+def funmatch_loss(
+    student_logits: Tensor, teacher_logits: Tensor, distance: str = "kl", temperature: float = 1.0
+) -> Tensor:
     """Beyer, Zhai, Royer, Markeeva, Anil, Kolesnikov, "Knowledge distillation: A good teacher is patient and
     consistent" (CVPR 2022, arXiv:2106.05237). Distances between student logits s and teacher logits t, (B, K)
     each, averaged over the batch, as in big_vision's ``evaluators/proj/distill/distance.py``:
@@ -57,7 +60,6 @@ def funmatch_loss(student_logits: Tensor, teacher_logits: Tensor, distance: str 
 class FunMatchConfig(MethodConfig):
     """Defaults: big_vision's ImageNet distillation (T = 1, KL, Inception crop 5%-100% + flip + uniform mixup)."""
 
-    name: str = "funmatch"
     temperature: float = 1.0
     distance: str = "kl"  # kl | euclidean_logits | euclidean_log_probs | squared_logits | hard
     # function_matching: one crop+flip+mixup batch for both; consistent: same crop+flip, no mixup;
@@ -77,13 +79,22 @@ class FunMatchConfig(MethodConfig):
     flip: bool = True  # random left-right flip
 
 
+def mixup_enabled(config: FunMatchConfig) -> bool:
+    """Mixup is on in ``function_matching`` mode unless ``mixup`` forces it on or off."""
+    return config.mode == "function_matching" if config.mixup is None else config.mixup
+
+
+def output_size(config: FunMatchConfig, input_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """(h, w) of the augmented views: ``crop_size`` square, or the input size."""
+    return tuple(input_shape[1:]) if config.crop_size is None else (config.crop_size, config.crop_size)  # type: ignore[return-value]
+
+
 @register_method("funmatch")
-class FunctionMatching(Method):
+class FunctionMatching(Method[FunMatchConfig]):
     """Student matches the teacher's function on shared, heavily augmented (mixed-up) inputs; no labels."""
 
-    Config = FunMatchConfig
-    uses_labels = False  # the loss never reads batch.targets
-    teacher_outputs_cacheable = True  # only the teacher's logits are used (cached only when nothing is augmented)
+    # no label is read; only the teacher's logits are (cached only when nothing is augmented)
+    traits = MethodTraits(kind="response", uses_labels=False, teacher_logits_only=True)
 
     def __init__(self, student, teachers, config: FunMatchConfig, info) -> None:
         super().__init__(student, teachers, config, info)
@@ -97,25 +108,29 @@ class FunctionMatching(Method):
             raise ConfigError(f"method.temperature must be > 0, got {config.temperature}")
         if not 0 < config.crop_area_min <= config.crop_area_max <= 1:
             raise ConfigError(
-                f"method.crop_area_min/max must satisfy 0 < min <= max <= 1, got {config.crop_area_min}, {config.crop_area_max}"
+                "method.crop_area_min/max must satisfy 0 < min <= max <= 1, "
+                f"got {config.crop_area_min}, {config.crop_area_max}"
             )
-        self.use_mixup = config.mode == "function_matching" if config.mixup is None else config.mixup
+        self.use_mixup = mixup_enabled(config)
         self.ratio_dist = "uniform" if config.mixup_ratio == "uniform" else ("beta", config.mixup_alpha)
-        _, height, width = info.input_shape
-        self.output_size = (height, width) if config.crop_size is None else (config.crop_size, config.crop_size)
+        self.output_size = output_size(config, info.input_shape)
 
     # ------------------------------------------------------------------ augmentation
-    @property
-    def augments_batches(self) -> bool:
+    def resolve_traits(self) -> MethodTraits:
         config = self.config
-        return config.crop or config.flip or self.use_mixup or self.output_size != tuple(self.info.input_shape[1:])
+        resizes = output_size(config, self.info.input_shape) != tuple(self.info.input_shape[1:])
+        return self.refined_traits(
+            augments_batches=bool(config.crop or config.flip or mixup_enabled(config) or resizes)
+        )
 
     def augment_view(self, inputs: Tensor, generator: torch.Generator) -> Tensor:
         """One augmented view of a (B, C, H, W) batch: Inception crop -> flip -> mixup (each if enabled)."""
         config = self.config
         if config.crop:
             inputs = inception_crop(
-                inputs, generator, self.output_size,
+                inputs,
+                generator,
+                self.output_size,
                 area_range=(config.crop_area_min, config.crop_area_max),
                 aspect_range=(config.crop_aspect_min, config.crop_aspect_max),
             )
@@ -130,7 +145,7 @@ class FunctionMatching(Method):
     def augment_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
         """The student's inputs replace ``batch.inputs``; the teacher's go to ``extras["teacher_inputs"]``
         when they differ (independent noise, fixed teacher). Labels are passed through untouched (unused)."""
-        if not self.augments_batches:
+        if not self.traits.augments_batches:
             return batch
         mode = self.config.mode
         student_inputs = self.augment_view(batch.inputs, generator)  # (B, C, h, w)
@@ -139,15 +154,15 @@ class FunctionMatching(Method):
             extras["teacher_inputs"] = self.augment_view(batch.inputs, generator)
         elif mode == "fixed_teacher":
             extras["teacher_inputs"] = resize(batch.inputs, self.output_size)
-        return Batch(inputs=student_inputs, targets=batch.targets, indices=batch.indices, teacher_logits=None, extras=extras)
+        return batch.replace(inputs=student_inputs, extras=extras)
 
     # ------------------------------------------------------------------ loss
     def training_step(self, batch: Batch) -> StepOutput:
         student_logits = self.student(batch.inputs)  # (B, K)
         teacher_inputs = batch.extras.get("teacher_inputs")
-        if teacher_inputs is not None:
-            teacher_logits = self.teacher_logits(teacher_inputs)  # (B, K), no grad
-        else:  # same pixels as the student; a trainer cache is valid only when nothing was augmented
-            teacher_logits = self.teacher_logits(batch.inputs, None if self.augments_batches else batch)
+        if teacher_inputs is not None:  # other pixels than the student's: always the live teacher
+            teacher_logits = self.teacher_outputs.of(teacher_inputs)  # (B, K), no grad
+        else:  # same pixels as the student (a cache is attached only when nothing was augmented)
+            teacher_logits = self.teacher_logits(batch)
         loss = funmatch_loss(student_logits, teacher_logits, self.config.distance, self.config.temperature)
         return StepOutput(logits=student_logits, losses={self.config.distance: loss})

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdistill.config import MethodConfig
-from kdistill.methods.base import Batch, Method, StepOutput, register_method
+from kdistill.contracts import Batch, StepOutput
+from kdistill.methods.base import Method, MethodTraits, register_method
 from kdistill.methods.ce import cross_entropy_loss
 
 
@@ -40,28 +41,26 @@ def ensemble_kd_loss(student_logits: Tensor, teacher_logits: list[Tensor], tempe
 class KDConfig(MethodConfig):
     """Defaults are RepDistiller / mdistiller's CIFAR-100 ones (CE 0.1 + KL 0.9, T 4)."""
 
-    name: str = "kd"
     temperature: float = 4.0
     ce_weight: float = 0.1
     kd_weight: float = 0.9
 
 
 @register_method("kd")
-class KD(Method):
+class KD(Method[KDConfig]):
     """``ce_weight * CE(student, labels) + kd_weight * T^2 * KL(teacher_T || student_T)``."""
 
-    Config = KDConfig
-    max_teachers = None  # several teachers: distil from their probabilities averaged at T (AVEG)
+    # several teachers: distil from their probabilities averaged at T (AVEG)
+    traits = MethodTraits(kind="response", max_teachers=None, teacher_logits_only=True)
 
-    @property
-    def teacher_outputs_cacheable(self) -> bool:  # type: ignore[override]
-        return len(self.teachers) == 1  # the cache holds one set of logits
+    def resolve_traits(self) -> MethodTraits:
+        return self.refined_traits(teacher_logits_only=len(self.teachers) == 1)  # the cache holds one set of logits
 
     def training_step(self, batch: Batch) -> StepOutput:
         student_logits = self.student(batch.inputs)  # (B, K)
         temperature = self.config.temperature
         if len(self.teachers) == 1:
-            distillation = kd_loss(student_logits, self.teacher_logits(batch.inputs, batch), temperature)
+            distillation = kd_loss(student_logits, self.teacher_logits(batch), temperature)
         else:
             with torch.no_grad():
                 teacher_logits = [teacher(batch.inputs).float() for teacher in self.teachers]  # each (B, K)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.config import ConfigError
-from kdistill.methods.base import Batch, DataInfo, StepOutput, register_method
+from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput
+from kdistill.methods.base import register_method
 from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial
 
 
@@ -24,7 +25,9 @@ def semckd_loss(projected: list[list[Tensor]], targets: list[list[Tensor]], atte
     batch_size, num_student, num_teacher = attention.shape
     per_pair = torch.stack(
         [
-            torch.stack([(projected[i][j] - targets[i][j]).pow(2).flatten(1).mean(1) for j in range(num_teacher)], dim=1)
+            torch.stack(
+                [(projected[i][j] - targets[i][j]).pow(2).flatten(1).mean(1) for j in range(num_teacher)], dim=1
+            )
             for i in range(num_student)
         ],
         dim=1,
@@ -33,14 +36,19 @@ def semckd_loss(projected: list[list[Tensor]], targets: list[list[Tensor]], atte
 
 
 class Projector(nn.Module):
-    """1x1 conv (C_s -> 2 C_t) -> BN -> ReLU -> 3x3 conv -> BN -> ReLU -> 1x1 conv (-> C_t), no biases (SemCKD's ``Proj``)."""
+    """1x1 conv (C_s -> 2 C_t) -> BN -> ReLU -> 3x3 conv -> BN -> ReLU -> 1x1 conv (-> C_t), no biases
+    (SemCKD's ``Proj``)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         mid = 2 * out_channels
         self.regressor = nn.Sequential(
-            nn.Conv2d(in_channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
             nn.Conv2d(mid, out_channels, 1, bias=False),
         )
 
@@ -49,7 +57,8 @@ class Projector(nn.Module):
 
 
 class AttentionEmbed(nn.Module):
-    """Linear (B -> 2 d) -> ReLU -> Linear (-> d) -> L2 normalisation, applied to a row of a (B, B) similarity matrix."""
+    """Linear (B -> 2 d) -> ReLU -> Linear (-> d) -> L2 normalisation, applied to a row of a (B, B) similarity
+    matrix."""
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
@@ -68,7 +77,6 @@ class SemCKDConfig(FeatureDistillConfig):
     ``batch_size``, by default the run's ``data.batch_size`` (the reference skips smaller last batches;
     here a smaller batch's similarity rows are zero-padded to ``batch_size``)."""
 
-    name: str = "semckd"
     weight: float = 400.0
     soft: float = 1.0
     factor: int = 4
@@ -76,8 +84,9 @@ class SemCKDConfig(FeatureDistillConfig):
 
 
 @register_method("semckd")
-class SemCKD(FeatureMethod):
-    Config = SemCKDConfig
+class SemCKD(FeatureMethod[SemCKDConfig]):
+    """Cross-layer feature matching: each student stage is projected onto every teacher stage, weighted by
+    learned attention between the stages."""
 
     def __init__(self, student, teachers, config: SemCKDConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)
@@ -118,7 +127,8 @@ class SemCKD(FeatureMethod):
             targets.append([])
             for j, teacher_map in enumerate(teacher_maps):
                 source, target = align_spatial(student_map, teacher_map)
-                projected[i].append(self.projectors[i][j](source).float())
+                row = cast(nn.ModuleList, self.projectors[i])  # __init__ builds a ModuleList of ModuleLists
+                projected[i].append(row[j](source).float())
                 targets[i].append(target)
         losses["semckd"] = self.config.weight * semckd_loss(projected, targets, attention.float())
         return StepOutput(logits=student_features.logits, losses=losses)

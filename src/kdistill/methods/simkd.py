@@ -35,15 +35,18 @@ Variants (seed 003), all by config:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.config import ConfigError, MethodConfig
-from kdistill.methods.base import Batch, DataInfo, Method, StepOutput, register_method
+from kdistill.config import MethodConfig
+from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput
+from kdistill.methods.accounting import classifier_count
+from kdistill.methods.base import Method, MethodTraits, register_method
 from kdistill.methods.feature_utils import align_spatial, relative_depth_index, require_maps
-from kdistill.models.taps import Features, TappedModel, feature_shapes
+from kdistill.models.taps import Features, TappedModel, as_tapped, count_parameters, feature_shapes
 
 LOSSES = ("l2", "cosine", "kl")
 PROJECTOR_MODES = ("final", "multi", "all")
@@ -93,9 +96,15 @@ class SimKDProjector(nn.Module):
         mid = max(c_t // factor, 1)
         self.pool_to: tuple[int, int] | None = (h_t, w_t) if h_s > h_t else None
         self.transfer = nn.Sequential(
-            nn.Conv2d(c_s, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, c_t, 1, bias=False), nn.BatchNorm2d(c_t), nn.ReLU(inplace=True),
+            nn.Conv2d(c_s, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, c_t, 1, bias=False),
+            nn.BatchNorm2d(c_t),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, student_map: Tensor) -> Tensor:
@@ -145,9 +154,11 @@ class SimKDStudent(TappedModel):
     def forward_features(self, x: Tensor) -> Features:
         student_features = self.student.forward_features(x)
         maps = self.projected_maps(student_features.final_map)
-        head = self.heads[0]
-        embedding = head.pool(maps[0]) if hasattr(head, "pool") else torch.flatten(F.adaptive_avg_pool2d(maps[0], 1), 1)
-        return Features(stages=[*student_features.stages, maps[0]], embedding=embedding, logits=self.logits_from_maps(maps))
+        pool = getattr(self.heads[0], "pool", None)  # the head's own pooling, where it has one
+        embedding = pool(maps[0]) if pool is not None else torch.flatten(F.adaptive_avg_pool2d(maps[0], 1), 1)
+        return Features(
+            stages=[*student_features.stages, maps[0]], embedding=embedding, logits=self.logits_from_maps(maps)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.logits_from_maps(self.projected_maps(self.student.forward_features(x).final_map))
@@ -165,7 +176,6 @@ class SimKDStudent(TappedModel):
 class SimKDConfig(MethodConfig):
     """SimKD's run_distill.sh: -c 0 -d 0 -b 1 -f 2 (CE 0, KD 0, feature loss 1, reduction factor 2)."""
 
-    name: str = "simkd"
     factor: int = 2  # projector reduction ratio r
     loss: str = "l2"  # l2 | cosine | kl
     projectors: str = "final"  # final | multi | all
@@ -179,16 +189,20 @@ class SimKDConfig(MethodConfig):
 
 
 @register_method("simkd")
-class SimKD(Method):
-    """See the module docstring. ``projectors`` = the inference projectors, ``extra_projectors`` = training-only ones."""
+class SimKD(Method[SimKDConfig]):
+    """Student encoder -> projector -> the teacher's reused classifier (see the module docstring).
 
-    Config = SimKDConfig
-    max_teachers = None
+    ``projectors`` = the inference projectors, ``extra_projectors`` = training-only ones."""
+
+    traits = MethodTraits(kind="feature", max_teachers=None)
 
     def __init__(self, student, teachers, config: SimKDConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)
-        for key, value, valid in (("loss", config.loss, LOSSES), ("projectors", config.projectors, PROJECTOR_MODES),
-                                  ("multi_teacher", config.multi_teacher, MULTI_TEACHER_MODES)):
+        for key, value, valid in (
+            ("loss", config.loss, LOSSES),
+            ("projectors", config.projectors, PROJECTOR_MODES),
+            ("multi_teacher", config.multi_teacher, MULTI_TEACHER_MODES),
+        ):
             if value not in valid:
                 raise ConfigError(f"simkd: method.{key}={value!r}; valid: {', '.join(valid)}")
         if config.factor < 1:
@@ -203,9 +217,13 @@ class SimKD(Method):
             raise ConfigError("simkd: projectors 'multi' / 'all' are implemented for a single teacher")
         self.average_teachers = several and config.multi_teacher == "average"
         if self.average_teachers and len({shapes[-1] for shapes in teacher_shapes}) > 1:
-            raise ConfigError(f"simkd: multi_teacher=average needs equal teacher final maps, got {[s[-1] for s in teacher_shapes]}")
+            raise ConfigError(
+                f"simkd: multi_teacher=average needs equal teacher final maps, got {[s[-1] for s in teacher_shapes]}"
+            )
         targets = teacher_shapes[:1] if (self.average_teachers or not several) else teacher_shapes
-        self.projectors = nn.ModuleList(SimKDProjector(student_shapes[-1], shapes[-1], config.factor) for shapes in targets)
+        self.projectors = nn.ModuleList(
+            SimKDProjector(student_shapes[-1], shapes[-1], config.factor) for shapes in targets
+        )
 
         # training-only projectors: (student stage, teacher stage, weight)
         num_s, num_t = len(student_shapes), len(teacher_shapes[0])
@@ -233,14 +251,26 @@ class SimKD(Method):
 
     # ------------------------------------------------------------------ deployment
     def teacher_heads(self) -> list[nn.Module]:
-        return [teacher.classifier_head() for teacher in self.teachers]
+        return [as_tapped(teacher).classifier_head() for teacher in self.teachers]
 
     def student_for_export(self) -> SimKDStudent:
         """Encoder + inference projector(s) + the teachers' heads (shared with the frozen teachers)."""
-        return SimKDStudent(self.student, self.projectors, self.teacher_heads())
+        return SimKDStudent(as_tapped(self.student), self.projectors, self.teacher_heads())
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.student_for_export()(inputs)
+
+    def deployed_parameters(self) -> dict[str, Any]:
+        """Seed 003's count: student as built + inference projector(s) + Delta, where Delta = teacher
+        classifier(s) - student classifier (= encoder + projector + reused head; training-only projectors excluded)."""
+        projector = count_parameters(self.projectors)
+        delta = sum(classifier_count(t) or 0 for t in self.teachers) - (classifier_count(self.student) or 0)
+        return {
+            "params_deployed": count_parameters(self.student) + projector + delta,
+            "params_projector": projector,
+            "params_training_only_projectors": count_parameters(self.extra_projectors),
+            "params_classifier_delta": delta,
+        }
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         super().on_epoch_start(epoch, num_epochs)
@@ -260,10 +290,12 @@ class SimKD(Method):
 
     def training_step(self, batch: Batch) -> StepOutput:
         config = self.config
-        student_features = self.student.forward_features(batch.inputs)
+        student_features = as_tapped(self.student).forward_features(batch.inputs)
         with torch.no_grad():
-            teacher_features = [teacher.forward_features(batch.inputs) for teacher in self.teachers]
-        teacher_logits = torch.stack([f.logits.float() for f in teacher_features]).mean(0)  # (B, K) averaged classifier outputs
+            teacher_features = [as_tapped(teacher).forward_features(batch.inputs) for teacher in self.teachers]
+        teacher_logits = torch.stack([f.logits.float() for f in teacher_features]).mean(
+            0
+        )  # (B, K) averaged classifier outputs
         export = self.student_for_export()
         maps = export.projected_maps(student_features.final_map)  # per projector (B, C_t, H, W)
         logits = export.logits_from_maps(maps)  # (B, K) through the reused classifier(s)
@@ -286,7 +318,9 @@ class SimKD(Method):
         if config.ce_weight:
             per_sample_terms["ce"] = config.ce_weight * F.cross_entropy(logits.float(), batch.targets, reduction="none")
         if config.kd_weight:
-            per_sample_terms["kd"] = config.kd_weight * simkd_kl_per_sample(logits.float(), teacher_logits, config.temperature)
+            per_sample_terms["kd"] = config.kd_weight * simkd_kl_per_sample(
+                logits.float(), teacher_logits, config.temperature
+            )
 
         if config.label_filter:
             keep = (teacher_logits.argmax(1) == batch.targets).float()  # (B,)

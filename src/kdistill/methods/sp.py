@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.methods.base import Batch, StepOutput, register_method
+from kdistill.contracts import Batch, StepOutput
+from kdistill.methods.base import MethodTraits, register_method
 from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod
 
 
@@ -28,16 +29,20 @@ def sp_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
 class SPConfig(FeatureDistillConfig):
     """SimKD's run_distill.sh: -c 1 -d 1 -b 3000; on the last stage (RepDistiller feat[-2])."""
 
-    name: str = "sp"
     weight: float = 3000.0
 
 
 @register_method("sp")
-class SP(FeatureMethod):
-    Config = SPConfig
+class SP(FeatureMethod[SPConfig]):
+    """Similarity-preserving KD: the student's (B, B) sample-similarity matrix of the last stage matches the
+    teacher's."""
+
+    traits = MethodTraits(kind="relation")
 
     def training_step(self, batch: Batch) -> StepOutput:
         student_features, teacher_features = self.student_and_teacher_features(batch.inputs)
         losses = self.logit_losses(student_features.logits, teacher_features.logits, batch)
-        losses["sp"] = self.config.weight * sp_loss(student_features.final_map.float(), teacher_features.final_map.float())
+        losses["sp"] = self.config.weight * sp_loss(
+            student_features.final_map.float(), teacher_features.final_map.float()
+        )
         return StepOutput(logits=student_features.logits, losses=losses)

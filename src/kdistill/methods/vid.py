@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.methods.base import Batch, DataInfo, StepOutput, register_method
+from kdistill.contracts import Batch, DataInfo, StepOutput
+from kdistill.methods.base import register_method
 from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial, match_stages
 
 
@@ -28,7 +29,9 @@ class VIDRegressor(nn.Module):
     """1x1 conv -> ReLU -> 1x1 conv -> ReLU -> 1x1 conv (no bias), and a per-channel log-scale
     initialised so that the variance starts at ``init_variance`` (RepDistiller's VIDLoss: 5.0)."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, init_variance: float = 5.0, eps: float = 1e-5) -> None:
+    def __init__(
+        self, in_channels: int, mid_channels: int, out_channels: int, init_variance: float = 5.0, eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.regressor = nn.Sequential(
             nn.Conv2d(in_channels, mid_channels, 1, bias=False),
@@ -52,14 +55,14 @@ class VIDRegressor(nn.Module):
 class VIDConfig(FeatureDistillConfig):
     """SimKD's run_distill.sh: -c 1 -d 1 -b 1; every stage pair; middle channels = teacher channels."""
 
-    name: str = "vid"
     weight: float = 1.0
     init_variance: float = 5.0
 
 
 @register_method("vid")
-class VID(FeatureMethod):
-    Config = VIDConfig
+class VID(FeatureMethod[VIDConfig]):
+    """Variational information distillation: per stage pair, the teacher map's Gaussian log-likelihood under a
+    regressor from the student map, with a learned per-channel variance."""
 
     def __init__(self, student, teachers, config: VIDConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)

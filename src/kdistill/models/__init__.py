@@ -1,103 +1,41 @@
-"""Model zoo, outside-model adapters and checkpoint loading, behind one builder.
+"""Model zoo, outside-model adapters and checkpoint loading, behind one builder (``builder.py``).
 
-``build_model(config, num_classes, input_shape)`` returns a :class:`TappedModel`:
-
-- zoo names (``mlp``, ``cnn``, ``resnet8x4``, ...): builders registered with ``@register_model``;
-- ``<prefix>:<name>`` (``timm:resnetv2_50x1_bit``, ``torchvision:resnet18``): adapters registered
-  with ``@register_model_source(prefix)``;
-- ``checkpoint``: weights loaded after building (a kdistill run directory or checkpoint, a plain
-  state dict, or a ``.safetensors`` file), verified against ``sha256`` when given. A kdistill
-  checkpoint also records the architecture, so ``name`` may be left empty.
-
-Every builder has the signature ``builder(num_classes, input_shape, **kwargs)``.
+Registries in ``registry.py``, the feature-tap interface in ``taps.py``, checkpoints in ``loading.py``.
+Importing this package registers every zoo family and outside source listed below.
 """
 
-from __future__ import annotations
-
-import inspect
-from typing import Callable
-
-from kdistill.config import ConfigError, ModelConfig
+from kdistill.models import (  # registrations
+    cifar_resnet,
+    external,
+    mobilenetv2,
+    resnet_imagenet_style,
+    shufflenet,
+    simple,
+    vgg,
+    wrn,
+)
+from kdistill.models.builder import build_model
+from kdistill.models.registry import MODEL_INFO, MODEL_SOURCES, MODELS, register_model, register_model_source
 from kdistill.models.taps import Features, FeatureShapes, TappedModel, count_parameters, feature_shapes
-from kdistill.registry import Registry, import_submodules
-
-ModelBuilder = Callable[..., TappedModel]
-MODELS: Registry[ModelBuilder] = Registry("model")
-MODEL_SOURCES: Registry[ModelBuilder] = Registry("model source")
-MODEL_INFO: dict[str, dict[str, str]] = {}  # name -> {"family", "source"} for `kdistill models`
-
-
-def register_model(name: str, family: str = "", source: str = "") -> Callable[[ModelBuilder], ModelBuilder]:
-    """Register a zoo builder ``builder(num_classes, input_shape, **kwargs) -> TappedModel``.
-
-    ``source`` names the reference implementation whose parameter count the model matches.
-    """
-
-    def decorator(builder: ModelBuilder) -> ModelBuilder:
-        MODEL_INFO[name] = {"family": family, "source": source}
-        return MODELS.register(name)(builder)
-
-    return decorator
-
-
-def register_model_source(prefix: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Register an adapter for ``prefix:<name>`` models: ``builder(name, num_classes, input_shape, pretrained, **kwargs)``."""
-    return MODEL_SOURCES.register(prefix)
-
-
-def _call_builder(builder: ModelBuilder, where: str, *args, **kwargs) -> TappedModel:
-    signature = inspect.signature(builder)
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
-    if not accepts_any:
-        unknown = [k for k in kwargs if k not in signature.parameters]
-        if unknown:
-            valid = [n for n in signature.parameters if n not in ("num_classes", "input_shape", "name", "pretrained")]
-            raise ConfigError(f"{where}.kwargs: unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}")
-    return builder(*args, **kwargs)
-
-
-def build_model(
-    config: ModelConfig, num_classes: int, input_shape: tuple[int, int, int], where: str = "model"
-) -> TappedModel:
-    """Build (and optionally load) the model described by ``config``."""
-    from kdistill.models.loading import architecture_from_checkpoint, load_weights
-
-    name, kwargs = config.name, dict(config.kwargs)
-    if not name:
-        if config.checkpoint is None:
-            raise ConfigError(f"{where}.name is empty: give a model name (see `kdistill models`) or a kdistill checkpoint")
-        name, kwargs = architecture_from_checkpoint(config.checkpoint, where)
-    if ":" in name:
-        prefix, remote_name = name.split(":", 1)
-        try:
-            builder = MODEL_SOURCES.get(prefix)
-        except KeyError as error:
-            raise ConfigError(f"{where}.name: {error.args[0]}") from None
-        model = _call_builder(builder, where, remote_name, num_classes, input_shape, config.pretrained, **kwargs)
-    else:
-        try:
-            builder = MODELS.get(name)
-        except KeyError as error:
-            raise ConfigError(f"{where}.name: {error.args[0]}") from None
-        if config.pretrained:
-            raise ConfigError(f"{where}: zoo model {name!r} has no pretrained weights; use `checkpoint:` instead")
-        model = _call_builder(builder, where, num_classes, input_shape, **kwargs)
-    model.kdistill_spec = {"name": name, "kwargs": kwargs}  # recorded in exported checkpoints
-    if config.checkpoint is not None:
-        load_weights(model, config.checkpoint, sha256=config.sha256, where=where)
-    return model
-
-
-import_submodules(__name__, __path__)
 
 __all__ = [
+    "MODELS",
+    "MODEL_INFO",
+    "MODEL_SOURCES",
     "Features",
     "FeatureShapes",
     "TappedModel",
-    "MODELS",
     "build_model",
     "count_parameters",
     "feature_shapes",
     "register_model",
     "register_model_source",
+    "cifar_resnet",
+    "external",
+    "mobilenetv2",
+    "resnet_imagenet_style",
+    "shufflenet",
+    "simple",
+    "vgg",
+    "wrn",
 ]

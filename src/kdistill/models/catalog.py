@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from kdistill.models import MODEL_INFO, MODELS, count_parameters
+from kdistill.models.registry import MODEL_INFO, MODELS
+from kdistill.models.taps import count_parameters
 
 
 def model_catalog(num_classes: int = 100, input_shape: tuple[int, int, int] = (3, 32, 32)) -> list[dict]:

@@ -1,8 +1,8 @@
 """CIFAR ResNets of the distillation benchmarks (CRD / RepDistiller, SimKD, mdistiller).
 
 Layers follow HobbitLong/RepDistiller models/resnet.py (resnet8 ... resnet110, resnet8x4, resnet32x4)
-and DefangChen/SimKD models/resnet.py (resnet38, resnet38x2, resnet116, resnet110x2), which define the same network: a 3x3
-stem, three stages of BasicBlocks (depth = 6n + 2) at strides 1, 2, 2, global average pooling and a
+and DefangChen/SimKD models/resnet.py (resnet38, resnet38x2, resnet116, resnet110x2), which define the same
+network: a 3x3 stem, three stages of BasicBlocks (depth = 6n + 2) at strides 1, 2, 2, global average pooling and a
 linear classifier. Module names are the reference's, so the published teacher checkpoints (saved as
 ``{"model": state_dict}``) load directly with ``checkpoint:``.
 
@@ -10,8 +10,8 @@ The ``x4`` / ``x2`` names give the reference's channel lists, which do not scale
 resnet8x4 / resnet32x4 use [32, 64, 128, 256] (stem doubled, stages x4), resnet110x2 uses
 [16, 32, 64, 128] (stem unchanged, stages x2), as does resnet38x2. SimKD's tables label resnet38x2 /
 resnet38 "WRN-40-2" / "WRN-40-1" (its models/resnet.py: "We use the wrn notation to be consistent with
-the previous work"); they are not RepDistiller's pre-activation ``wrn_40_2`` / ``wrn_40_1``. Parameter counts for 100 classes are recorded in
-tests/test_zoo.py.
+the previous work"); they are not RepDistiller's pre-activation ``wrn_40_2`` / ``wrn_40_1``. Parameter counts
+for 100 classes are recorded in tests/test_zoo.py.
 
 Differences from the reference: the stem takes ``input_shape[0]`` channels and pooling is adaptive
 (the reference's ``AvgPool2d(8)`` is global only for 32x32 inputs); neither changes the count at 32x32x3.
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.models import register_model
 from kdistill.models.initialization import reference_init
+from kdistill.models.registry import register_model
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 RESNET_SOURCE = "HobbitLong/RepDistiller models/resnet.py"
@@ -142,7 +142,9 @@ def _register(name: str, depth: int, num_filters: list[int], source: str) -> Non
 
     builder.__name__ = name
     builder.__doc__ = f"{name}: CIFAR ResNet depth {depth}, filters {num_filters} ({source})."
-    register_model(name, family="cifar_resnet", source=f"{source}: {REFERENCE_PARAMETERS[name]:,} parameters (100 classes)")(builder)
+    register_model(
+        name, family="cifar_resnet", source=f"{source}: {REFERENCE_PARAMETERS[name]:,} parameters (100 classes)"
+    )(builder)
 
 
 for _name, (_depth, _filters, _source) in CIFAR_RESNETS.items():

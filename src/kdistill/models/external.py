@@ -26,14 +26,14 @@ that fails, a :class:`PretrainedWeightsError` says so and what to do, instead of
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
 
-from kdistill.config import ConfigError
-from kdistill.models import register_model_source
-from kdistill.models.loading import CheckpointError
+from kdistill.contracts import CheckpointError, ConfigError
+from kdistill.models.registry import register_model_source
 from kdistill.models.taps import Features, TappedModel
 
 
@@ -74,6 +74,20 @@ def _global_pool(x: Tensor) -> Tensor:
 
 # ============================================================================ timm
 
+
+class _TimmNetwork(Protocol):
+    """The timm model API the adapter calls (nn.Module's ``__getattr__`` types it as ``Tensor | Module``)."""
+
+    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]: ...
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor: ...
+
+
+def _timm_network(model: nn.Module) -> _TimmNetwork:
+    # every timm model defines forward_head; TimmModel checks forward_intermediates before it is called
+    return cast(_TimmNetwork, model)
+
+
 TIMM_HEAD_MODULES = ("global_pool", "attn_pool", "fc_norm", "head_drop", "head", "fc", "classifier", "head_hidden")
 
 
@@ -86,7 +100,8 @@ class TimmHead(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self._forward_head: Callable[..., Tensor] = model.forward_head  # plain attribute: not a submodule
+        # a plain attribute: not a submodule
+        self._forward_head: Callable[..., Tensor] = _timm_network(model).forward_head
         for name, child in model.named_children():
             if name in TIMM_HEAD_MODULES:
                 self.add_module(name, child)
@@ -107,19 +122,22 @@ class TimmModel(TappedModel):
     def __init__(self, model: nn.Module, name: str) -> None:
         super().__init__()
         if not hasattr(model, "forward_intermediates"):
-            raise ConfigError(f"timm:{name}: this timm model has no forward_intermediates (needs a newer timm or another model)")
+            raise ConfigError(
+                f"timm:{name}: this timm model has no forward_intermediates (needs a newer timm or another model)"
+            )
         self.model = model
         self.timm_name = name
 
     def forward_features(self, x: Tensor) -> Features:
-        final, intermediates = self.model.forward_intermediates(x)
+        network = _timm_network(self.model)
+        final, intermediates = network.forward_intermediates(x)
         stages = list(intermediates)
         if stages and tuple(stages[-1].shape) == tuple(final.shape):
             stages[-1] = final  # the last stage's output after the final norm: what the head pools
         else:
             stages.append(final)
-        embedding = self.model.forward_head(final, pre_logits=True)
-        logits = self.model.forward_head(final)
+        embedding = network.forward_head(final, pre_logits=True)
+        logits = network.forward_head(final)
         return Features(stages=stages, embedding=embedding, logits=logits)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -137,14 +155,18 @@ def timm_model(
     try:
         import timm
     except ImportError:
-        raise ConfigError(f"timm:{name} needs the timm package: pip install 'kdistill[timm]' (or pip install timm)") from None
+        raise ConfigError(
+            f"timm:{name} needs the timm package: pip install 'kdistill[timm]' (or pip install timm)"
+        ) from None
     architecture = name.split(".", 1)[0]
     if not timm.is_model(architecture):
         close = difflib.get_close_matches(architecture, timm.list_models(), n=5)
         hint = f" Did you mean {', '.join(close)}?" if close else " See timm.list_models()."
         raise ConfigError(f"timm:{name}: unknown timm model {architecture!r}.{hint}")
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=input_shape[0], **kwargs)
+        model = timm.create_model(
+            name, pretrained=pretrained, num_classes=num_classes, in_chans=input_shape[0], **kwargs
+        )
     except Exception as error:
         if pretrained and _is_download_failure(error):
             raise _pretrained_error("timm", name, error) from None
@@ -174,6 +196,19 @@ def _get_module(model: nn.Module, path: str) -> nn.Module:
     return model.get_submodule(path)
 
 
+def _get_linear(model: nn.Module, path: str) -> nn.Linear:
+    """The final linear layer at ``path`` (``_torchvision_layout`` only picks paths that hold an nn.Linear)."""
+    module = model.get_submodule(path)
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"{path} is a {type(module).__name__}, not the classifier's final nn.Linear")
+    return module
+
+
+def _classifier_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers of ``model.classifier`` (``_torchvision_layout`` only uses it when it is an nn.Sequential)."""
+    return list(cast(nn.Sequential, model.get_submodule("classifier")))
+
+
 def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, child = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -188,9 +223,8 @@ class _Layout:
         self.head_pre = head_pre
 
 
-def _features_stage_nodes(model: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
+def _features_stage_nodes(model: nn.Module, features: nn.Sequential, input_shape: tuple[int, int, int]) -> list[str]:
     """The last child of ``model.features`` at each resolution (and the last child), found by a tiny probe."""
-    features = model.features
     was_training = model.training
     model.eval()
     nodes, sizes = [], []
@@ -211,21 +245,31 @@ def _torchvision_layout(name: str, model: nn.Module, input_shape: tuple[int, int
     children = dict(model.named_children())
     if all(f"layer{i}" in children for i in range(1, 5)) and isinstance(children.get("fc"), nn.Linear):
         # resnet*, resnext*, wide_resnet*: avgpool -> flatten -> fc
-        return _Layout([f"layer{i}" for i in range(1, 5)], "fc", lambda m: [m.avgpool, nn.Flatten(1)])
+        return _Layout([f"layer{i}" for i in range(1, 5)], "fc", lambda m: [_get_module(m, "avgpool"), nn.Flatten(1)])
     if "trunk_output" in children and isinstance(children.get("fc"), nn.Linear):
         # regnet_*: trunk_output.block1..N -> avgpool -> flatten -> fc
-        blocks = [n for n, _ in model.trunk_output.named_children()]
-        return _Layout([f"trunk_output.{b}" for b in blocks], "fc", lambda m: [m.avgpool, nn.Flatten(1)])
-    classifier = children.get("classifier")
-    if isinstance(children.get("features"), nn.Sequential) and isinstance(classifier, nn.Sequential) and isinstance(classifier[-1], nn.Linear):
-        stages = _features_stage_nodes(model, input_shape)
+        blocks = [n for n, _ in children["trunk_output"].named_children()]
+        return _Layout(
+            [f"trunk_output.{b}" for b in blocks], "fc", lambda m: [_get_module(m, "avgpool"), nn.Flatten(1)]
+        )
+    features, classifier = children.get("features"), children.get("classifier")
+    if (
+        isinstance(features, nn.Sequential)
+        and isinstance(classifier, nn.Sequential)
+        and isinstance(classifier[-1], nn.Linear)
+    ):
+        stages = _features_stage_nodes(model, features, input_shape)
         fc_path = f"classifier.{len(classifier) - 1}"
         if name.startswith("convnext"):  # avgpool -> classifier (LayerNorm2d, Flatten, Linear)
-            return _Layout(stages, fc_path, lambda m: [m.avgpool, *list(m.classifier)[:-1]])
+            return _Layout(stages, fc_path, lambda m: [_get_module(m, "avgpool"), *_classifier_layers(m)[:-1]])
         if name.startswith(("vgg", "efficientnet", "mobilenet_v3", "alexnet")):  # avgpool -> flatten -> classifier
-            return _Layout(stages, fc_path, lambda m: [m.avgpool, nn.Flatten(1), *list(m.classifier)[:-1]])
+            return _Layout(
+                stages, fc_path, lambda m: [_get_module(m, "avgpool"), nn.Flatten(1), *_classifier_layers(m)[:-1]]
+            )
         if name.startswith("mobilenet_v2"):  # functional global pool -> flatten -> classifier
-            return _Layout(stages, fc_path, lambda m: [nn.AdaptiveAvgPool2d(1), nn.Flatten(1), *list(m.classifier)[:-1]])
+            return _Layout(
+                stages, fc_path, lambda m: [nn.AdaptiveAvgPool2d(1), nn.Flatten(1), *_classifier_layers(m)[:-1]]
+            )
     raise ConfigError(
         f"torchvision:{name}: feature taps are supported for the resnet / resnext / wide_resnet, regnet, vgg, "
         f"mobilenet_v2, mobilenet_v3, efficientnet and convnext families; {name!r} is not one of them. "
@@ -233,17 +277,23 @@ def _torchvision_layout(name: str, model: nn.Module, input_shape: tuple[int, int
     )
 
 
+def _pair(value: tuple[int, ...]) -> tuple[int, int]:
+    # an nn.Conv2d stores kernel_size, stride, dilation and (non-string) padding as 2-tuples (torch's _pair)
+    return cast(tuple[int, int], value)
+
+
 def _adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool) -> None:
     """Replace the first 3-channel convolution by one taking ``in_channels`` (as timm's in_chans does)."""
     for path, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            padding = module.padding if isinstance(module.padding, str) else _pair(module.padding)
             new = nn.Conv2d(
                 in_channels,
                 module.out_channels,
-                module.kernel_size,
-                module.stride,
-                module.padding,
-                module.dilation,
+                _pair(module.kernel_size),
+                _pair(module.stride),
+                padding,
+                _pair(module.dilation),
                 module.groups,
                 module.bias is not None,
                 module.padding_mode,
@@ -254,7 +304,7 @@ def _adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool) -> N
                     if in_channels != 1:
                         weight = weight.repeat(1, in_channels, 1, 1) / in_channels
                     new.weight.copy_(weight)
-                    if module.bias is not None:
+                    if module.bias is not None and new.bias is not None:  # new has a bias iff module has
                         new.bias.copy_(module.bias)
             _set_module(model, path, new)
             return
@@ -267,6 +317,8 @@ class TorchvisionModel(TappedModel):
     The feature extractor is an FX graph module sharing ``self.model``'s submodules; it is kept out of
     the module tree (no duplicate parameters in ``state_dict``) and rebuilt after device/dtype moves.
     """
+
+    _extractor: nn.Module | None  # set with object.__setattr__, so it is no submodule
 
     def __init__(self, model: nn.Module, name: str, layout: _Layout) -> None:
         super().__init__()
@@ -287,16 +339,19 @@ class TorchvisionModel(TappedModel):
             raise ConfigError(f"torchvision:{self.torchvision_name}: graph has no node(s) {', '.join(missing)}")
 
     def _feature_extractor(self) -> nn.Module:
-        if self._extractor is None:
+        extractor = self._extractor
+        if extractor is None:
             from torchvision.models.feature_extraction import create_feature_extractor
 
-            extractor = create_feature_extractor(self.model, return_nodes={n: f"stage{i}" for i, n in enumerate(self.stage_nodes)})
+            extractor = create_feature_extractor(
+                self.model, return_nodes={n: f"stage{i}" for i, n in enumerate(self.stage_nodes)}
+            )
             object.__setattr__(self, "_extractor", extractor)
-        if self._extractor.training != self.training:
-            self._extractor.train(self.training)
-        return self._extractor
+        if extractor.training != self.training:
+            extractor.train(self.training)
+        return extractor
 
-    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "TorchvisionModel":
+    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> TorchvisionModel:
         result = super()._apply(fn, *args, **kwargs)
         object.__setattr__(self, "_extractor", None)  # rebuilt from the moved modules on next use
         return result
@@ -312,7 +367,7 @@ class TorchvisionModel(TappedModel):
         return self.model(x)
 
     def classifier_head(self) -> TorchvisionHead:
-        return TorchvisionHead(self._head_pre(self.model), _get_module(self.model, self.fc_path))
+        return TorchvisionHead(self._head_pre(self.model), _get_linear(self.model, self.fc_path))
 
 
 @register_model_source("torchvision")
@@ -344,7 +399,7 @@ def torchvision_model(
     if input_shape[0] != 3:
         _adapt_first_conv(model, input_shape[0], pretrained)
     layout = _torchvision_layout(name, model, input_shape)
-    fc = _get_module(model, layout.fc_path)
+    fc = _get_linear(model, layout.fc_path)
     if fc.out_features != num_classes:  # pretrained 1000-class head -> a fresh one for this dataset
         _set_module(model, layout.fc_path, nn.Linear(fc.in_features, num_classes, bias=fc.bias is not None))
     return TorchvisionModel(model, name, layout)

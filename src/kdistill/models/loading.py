@@ -9,14 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdistill.config import ConfigError
+from kdistill.contracts import CheckpointError, ConfigError
 
 CHECKPOINT_KIND = "kdistill-checkpoint"  # last.pt / best.pt written by the trainer
 STUDENT_KIND = "kdistill-student"  # student.pt written at the end of a run
-
-
-class CheckpointError(RuntimeError):
-    """A weights file is missing, corrupt, or does not fit the model; the message says what to do."""
 
 
 def sha256_of(path: str | Path) -> str:
@@ -34,7 +30,9 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
         for candidate in ("student.pt", "best.pt", "last.pt"):
             if (path / candidate).is_file():
                 return path / candidate
-        raise CheckpointError(f"{path} is a directory without student.pt, best.pt or last.pt; is it a kdistill run directory?")
+        raise CheckpointError(
+            f"{path} is a directory without student.pt, best.pt or last.pt; is it a kdistill run directory?"
+        )
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint {path} does not exist. Train one with `kdistill train` (its run directory holds "
@@ -49,7 +47,9 @@ def read_checkpoint(path: str | Path, sha256: str | None = None) -> Any:
     if sha256 is not None:
         actual = sha256_of(path)
         if actual.lower() != sha256.lower():
-            raise CheckpointError(f"{path}: sha256 is {actual}, expected {sha256}; the file is corrupt or a different one")
+            raise CheckpointError(
+                f"{path}: sha256 is {actual}, expected {sha256}; the file is corrupt or a different one"
+            )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -57,7 +57,9 @@ def read_checkpoint(path: str | Path, sha256: str | None = None) -> Any:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds for truncated / foreign files
-        raise CheckpointError(f"{path} could not be read ({type(error).__name__}: {error}); the file is corrupt or not a checkpoint") from None
+        raise CheckpointError(
+            f"{path} could not be read ({type(error).__name__}: {error}); the file is corrupt or not a checkpoint"
+        ) from None
 
 
 def architecture_from_checkpoint(path: str | Path, where: str = "model") -> tuple[str, dict]:
@@ -77,7 +79,7 @@ def extract_state_dict(payload: Any) -> dict[str, torch.Tensor]:
         return payload["state_dict"]
     if kind == CHECKPOINT_KIND:
         prefix = "student."
-        return {k[len(prefix):]: v for k, v in payload["method_state"].items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in payload["method_state"].items() if k.startswith(prefix)}
     for key in ("state_dict", "model", "model_state_dict", "net"):  # common wrappers (RepDistiller: "model")
         if isinstance(payload.get(key), dict):
             return payload[key]
@@ -104,7 +106,9 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None, 
             details.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
         if wrong_shape:
             k = wrong_shape[0]
-            details.append(f"{len(wrong_shape)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(target[k].shape)})")
+            details.append(
+                f"{len(wrong_shape)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(target[k].shape)})"
+            )
         raise CheckpointError(
             f"{where}: {path} does not fit the configured architecture: {'; '.join(details)}. "
             f"Check {where}.name / kwargs and the dataset's number of classes."

@@ -20,13 +20,14 @@ average pooling -> linear, and ``embedding`` is the pooled 1280-d vector (the re
 
 from __future__ import annotations
 
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.models import register_model
 from kdistill.models.initialization import reference_init
+from kdistill.models.registry import register_model
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 MOBILENET_SOURCE = "HobbitLong/RepDistiller models/mobilenetv2.py (mobile_half)"
@@ -124,7 +125,8 @@ class MobileNetV2(TappedModel):
 
     def classifier_head(self) -> MapPoolLinearHead:
         """conv2 (1x1 conv + BN + ReLU) -> global average pool -> linear; maps ``stages[-1]`` to the logits."""
-        return MapPoolLinearHead(self.conv2, self.classifier[0])
+        # __init__ builds classifier as nn.Sequential(nn.Linear): its entry 0 is the linear layer
+        return MapPoolLinearHead(self.conv2, cast(nn.Linear, self.classifier[0]))
 
 
 @register_model(

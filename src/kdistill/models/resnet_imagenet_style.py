@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.models import register_model
 from kdistill.models.initialization import reference_init
+from kdistill.models.registry import register_model
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 RESNETV2_SOURCE = "HobbitLong/RepDistiller models/resnetv2.py (ResNet50)"
@@ -53,7 +53,11 @@ class Bottleneck(nn.Module):
 
 class ResNetCifar(TappedModel):
     def __init__(
-        self, num_blocks: list[int], num_classes: int, input_shape: tuple[int, int, int], zero_init_residual: bool = False
+        self,
+        num_blocks: list[int],
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         self.in_planes = 64
@@ -95,5 +99,7 @@ class ResNetCifar(TappedModel):
     family="resnet_imagenet_style",
     source=f"{RESNETV2_SOURCE}: {REFERENCE_PARAMETERS['resnet50_cifar']:,} parameters (100 classes)",
 )
-def resnet50_cifar(num_classes: int, input_shape: tuple[int, int, int], zero_init_residual: bool = False) -> ResNetCifar:
+def resnet50_cifar(
+    num_classes: int, input_shape: tuple[int, int, int], zero_init_residual: bool = False
+) -> ResNetCifar:
     return ResNetCifar([3, 4, 6, 3], num_classes, input_shape, zero_init_residual)

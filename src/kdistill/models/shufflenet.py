@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.models import register_model
 from kdistill.models.mobilenetv2 import MapPoolLinearHead
+from kdistill.models.registry import register_model
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 V1_SOURCE = "HobbitLong/RepDistiller models/ShuffleNetv1.py (ShuffleV1)"
@@ -53,7 +53,9 @@ class ShuffleV1Bottleneck(nn.Module):
         self.g = groups if first_group_conv else 1  # the reference: g = 1 when in_planes == 24 (first block)
         self.conv1 = nn.Conv2d(in_planes, mid_planes, kernel_size=1, groups=self.g, bias=False)
         self.bn1 = nn.BatchNorm2d(mid_planes)
-        self.conv2 = nn.Conv2d(mid_planes, mid_planes, kernel_size=3, stride=stride, padding=1, groups=mid_planes, bias=False)
+        self.conv2 = nn.Conv2d(
+            mid_planes, mid_planes, kernel_size=3, stride=stride, padding=1, groups=mid_planes, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(mid_planes)
         self.conv3 = nn.Conv2d(mid_planes, out_planes, kernel_size=1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
@@ -92,7 +94,9 @@ class ShuffleNetV1(TappedModel):
             stride = 2 if i == 0 else 1
             cat_planes = self.in_planes if i == 0 else 0  # the stride-2 block concatenates its input
             first_group_conv = self.in_planes != 24  # the reference tests in_planes == 24 (the stem width)
-            layers.append(ShuffleV1Bottleneck(self.in_planes, out_planes - cat_planes, stride, groups, first_group_conv))
+            layers.append(
+                ShuffleV1Bottleneck(self.in_planes, out_planes - cat_planes, stride, groups, first_group_conv)
+            )
             self.in_planes = out_planes
         return nn.Sequential(*layers)
 
@@ -137,7 +141,9 @@ class ShuffleV2DownBlock(nn.Module):
         super().__init__()
         mid = out_channels // 2
         # left branch
-        self.conv1 = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=1, groups=in_channels, bias=False)
+        self.conv1 = nn.Conv2d(
+            in_channels, in_channels, kernel_size=3, stride=2, padding=1, groups=in_channels, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv2 = nn.Conv2d(in_channels, mid, kernel_size=1, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)
@@ -198,14 +204,18 @@ class ShuffleNetV2(TappedModel):
 
 
 @register_model(
-    "shufflenetv1", family="shufflenet", source=f"{V1_SOURCE}: {REFERENCE_PARAMETERS['shufflenetv1']:,} parameters (100 classes)"
+    "shufflenetv1",
+    family="shufflenet",
+    source=f"{V1_SOURCE}: {REFERENCE_PARAMETERS['shufflenetv1']:,} parameters (100 classes)",
 )
 def shufflenetv1(num_classes: int, input_shape: tuple[int, int, int]) -> ShuffleNetV1:
     return ShuffleNetV1(num_classes, input_shape)
 
 
 @register_model(
-    "shufflenetv2", family="shufflenet", source=f"{V2_SOURCE}: {REFERENCE_PARAMETERS['shufflenetv2']:,} parameters (100 classes)"
+    "shufflenetv2",
+    family="shufflenet",
+    source=f"{V2_SOURCE}: {REFERENCE_PARAMETERS['shufflenetv2']:,} parameters (100 classes)",
 )
 def shufflenetv2(num_classes: int, input_shape: tuple[int, int, int]) -> ShuffleNetV2:
     return ShuffleNetV2(num_classes, input_shape, net_size=1.0)

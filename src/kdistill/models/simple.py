@@ -8,11 +8,12 @@ student is 784 -> 512 -> 26, 415,258 parameters. Both are sized by config.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from kdistill.models import register_model
+from kdistill.models.registry import register_model
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 
@@ -102,7 +103,9 @@ class SmallCNN(TappedModel):
                 raise ValueError(f"cnn: input {input_shape} is too small for {len(channels)} conv/pool stages")
         self.stages = nn.ModuleList(stages)
         if head == "flatten":
-            self.head: nn.Module = FlattenHead(in_channels * height * width, hidden, num_classes, dropout)
+            self.head: FlattenHead | PoolLinearHead = FlattenHead(
+                in_channels * height * width, hidden, num_classes, dropout
+            )
         elif head == "avg":
             self.head = PoolLinearHead(nn.Linear(in_channels, num_classes))
         else:
@@ -126,7 +129,9 @@ class SmallCNN(TappedModel):
 
 
 @register_model("mlp", family="simple", source="seed 002 student: 784-512-26 = 415,258 parameters")
-def mlp(num_classes: int, input_shape: tuple[int, int, int], hidden: list[int] = [512], dropout: float = 0.0) -> MLP:
+def mlp(
+    num_classes: int, input_shape: tuple[int, int, int], hidden: Sequence[int] = (512,), dropout: float = 0.0
+) -> MLP:
     return MLP(num_classes, input_shape, list(hidden), dropout)
 
 
@@ -134,7 +139,7 @@ def mlp(num_classes: int, input_shape: tuple[int, int, int], hidden: list[int] =
 def cnn(
     num_classes: int,
     input_shape: tuple[int, int, int],
-    channels: list[int] = [64, 128],
+    channels: Sequence[int] = (64, 128),
     hidden: int = 1024,
     padding: int = 0,
     batch_norm: bool = False,

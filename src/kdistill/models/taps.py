@@ -17,6 +17,7 @@ adapters that use their libraries' own feature-extraction APIs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +43,9 @@ class FeatureShapes:
 
 class TappedModel(nn.Module):
     """Base for kdistill models. Subclasses implement ``forward_features`` and ``classifier_head``."""
+
+    # {"name", "kwargs"} of the architecture: set by build_model only (absent otherwise: read it with getattr)
+    kdistill_spec: dict[str, Any]
 
     def forward_features(self, x: Tensor) -> Features:
         raise NotImplementedError
@@ -69,13 +73,19 @@ class PoolLinearHead(nn.Module):
         return self.fc(self.pool(feature_map))
 
 
+def as_tapped(model: nn.Module) -> TappedModel:
+    """``model`` as a :class:`TappedModel`; a TypeError for a module without feature taps."""
+    if not isinstance(model, TappedModel):
+        raise TypeError(f"{type(model).__name__} has no feature taps; build it with kdistill.models.build_model")
+    return model
+
+
 def feature_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> FeatureShapes:
     """Shapes of a model's taps for one input of ``input_shape`` (C, H, W), found by one tiny forward.
 
     Runs a batch of two zeros in eval mode without gradient, so BatchNorm statistics are untouched.
     """
-    if not isinstance(model, TappedModel):
-        raise TypeError(f"{type(model).__name__} has no feature taps; build it with kdistill.models.build_model")
+    model = as_tapped(model)
     was_training = model.training
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")

@@ -14,13 +14,12 @@ stem, like the ResNets' conv1); stages[-1] is the final 512-channel map.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.models import register_model
 from kdistill.models.initialization import reference_init
+from kdistill.models.registry import register_model
 from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 VGG_SOURCE = "HobbitLong/RepDistiller models/vgg.py (vgg*_bn)"
@@ -91,7 +90,9 @@ def _register(name: str) -> None:
 
     builder.__name__ = name
     builder.__doc__ = f"{name}: CIFAR VGG with batch norm ({VGG_SOURCE})."
-    register_model(name, family="vgg", source=f"{VGG_SOURCE}: {REFERENCE_PARAMETERS[name]:,} parameters (100 classes)")(builder)
+    register_model(name, family="vgg", source=f"{VGG_SOURCE}: {REFERENCE_PARAMETERS[name]:,} parameters (100 classes)")(
+        builder
+    )
 
 
 for _name in CONFIGS:

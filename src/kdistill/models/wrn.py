@@ -13,14 +13,13 @@ pooling -> fc, so it maps ``stages[-1]`` (the raw block3 output) to the logits.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.models import register_model
 from kdistill.models.initialization import reference_init
 from kdistill.models.mobilenetv2 import MapPoolLinearHead
+from kdistill.models.registry import register_model
 from kdistill.models.taps import Features, TappedModel
 
 WRN_SOURCE = "HobbitLong/RepDistiller models/wrn.py"
@@ -46,7 +45,9 @@ class WideBasicBlock(nn.Module):
         self.drop_rate = drop_rate
         self.equal_in_out = in_planes == out_planes
         self.convShortcut = (
-            None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False)
+            None
+            if self.equal_in_out
+            else nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -56,7 +57,7 @@ class WideBasicBlock(nn.Module):
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         out = self.conv2(out)
         # as in the reference: the identity shortcut adds the raw input, the conv shortcut sees the activated one
-        shortcut = x if self.equal_in_out else self.convShortcut(activated)
+        shortcut = x if self.convShortcut is None else self.convShortcut(activated)  # None iff equal_in_out
         return torch.add(shortcut, out)
 
 
@@ -111,7 +112,9 @@ def _register(name: str, depth: int, widen_factor: int) -> None:
 
     builder.__name__ = name
     builder.__doc__ = f"{name}: Wide ResNet depth {depth}, widen factor {widen_factor} ({WRN_SOURCE})."
-    register_model(name, family="wrn", source=f"{WRN_SOURCE}: {REFERENCE_PARAMETERS[name]:,} parameters (100 classes)")(builder)
+    register_model(name, family="wrn", source=f"{WRN_SOURCE}: {REFERENCE_PARAMETERS[name]:,} parameters (100 classes)")(
+        builder
+    )
 
 
 for _name, _depth, _k in (("wrn_16_1", 16, 1), ("wrn_16_2", 16, 2), ("wrn_40_1", 40, 1), ("wrn_40_2", 40, 2)):

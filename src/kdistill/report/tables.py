@@ -6,8 +6,9 @@ import math
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from kdistill.track import read_metrics, read_summary
 
@@ -56,16 +57,28 @@ def runs_table(run_dirs: Sequence[str | Path], baseline: str | None = None) -> s
         at_best = [s["test_acc_at_best_val"] for s in summaries if s.get("test_acc_at_best_val") is not None]
         agreement = [s["final_test_agreement"] for s in summaries if s.get("final_test_agreement") is not None]
         gain = f"{mean_std(final)[0] - base_mean:+.2f}" if base_mean is not None and name != baseline else ""
-        rows.append([
-            name, summaries[0]["method"], len(summaries), f"{summaries[0]['student_parameters']:,}",
-            format_mean_std(final), format_mean_std(at_best), format_mean_std(agreement) if agreement else "-", gain,
-        ])
+        rows.append(
+            [
+                name,
+                summaries[0]["method"],
+                len(summaries),
+                f"{summaries[0]['student_parameters']:,}",
+                format_mean_std(final),
+                format_mean_std(at_best),
+                format_mean_std(agreement) if agreement else "-",
+                gain,
+            ]
+        )
     headers = ["run", "method", "trials", "params", "test acc (last)", "test acc (best val)", "agreement", "gain"]
     return markdown_table(headers, rows)
 
 
 def plot_metric(
-    run_dirs: Sequence[str | Path], metric: str, path: str | Path, title: str = "", references: dict[str, float] | None = None
+    run_dirs: Sequence[str | Path],
+    metric: str,
+    path: str | Path,
+    title: str = "",
+    references: dict[str, float] | None = None,
 ) -> Path:
     """Plot ``metric`` per epoch for each experiment (mean over its trials, band = ± std);
     ``references`` draws labelled horizontal lines (e.g. the teacher's accuracy)."""

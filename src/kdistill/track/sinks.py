@@ -10,7 +10,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kdistill.config import Config, ConfigError, TrackConfig, to_dict
+from kdistill.config import Config, to_dict
+from kdistill.contracts import ConfigError
+from kdistill.engine.run_dir import MetricSink
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -27,7 +29,8 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def numeric_metrics(record: dict[str, Any]) -> dict[str, float]:
     return {
-        k: float(v) for k, v in record.items()
+        k: float(v)
+        for k, v in record.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and k not in ("epoch", "step")
     }
 
@@ -57,7 +60,9 @@ class MLflowSink:
         try:
             import mlflow
         except ImportError:
-            raise ConfigError("track.mlflow needs MLflow: pip install 'kdistill[mlflow]' (mlflow-skinny, sqlalchemy, alembic)") from None
+            raise ConfigError(
+                "track.mlflow needs MLflow: pip install 'kdistill[mlflow]' (mlflow-skinny, sqlalchemy, alembic)"
+            ) from None
         self.mlflow = mlflow
         self.id_file = run_path / "mlflow_run_id"
         uri = config.track.mlflow_tracking_uri or f"sqlite:///{Path(config.output_dir).resolve() / 'mlflow.db'}"
@@ -80,12 +85,13 @@ class MLflowSink:
         self.mlflow.end_run()
 
 
-def build_sinks(track: TrackConfig, run_path: Path, config: Config) -> list:
-    sinks: list = []
-    if track.tensorboard:
+def build_sinks(run_path: Path, config: Config) -> list[MetricSink]:
+    """The trackers ``config.track`` enables, started (the ``trackers`` argument of ``fit``)."""
+    sinks: list[TensorBoardSink | MLflowSink] = []
+    if config.track.tensorboard:
         sinks.append(TensorBoardSink(run_path))
-    if track.mlflow:
+    if config.track.mlflow:
         sinks.append(MLflowSink(run_path, config))
     for sink in sinks:
         sink.start(config)
-    return sinks
+    return list(sinks)

@@ -28,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+from kdistill.methods.base import Method
 from kdistill.models.taps import count_parameters
 
 
@@ -45,17 +46,21 @@ def _count_ids(module: nn.Module, ids: set[int]) -> int:
     return total
 
 
-def _classifier_count(model: nn.Module) -> int | None:
+def classifier_count(model: nn.Module) -> int | None:
+    """Parameters of a model's classifier head (``classifier_head()``), or None when it has none."""
+    classifier_head = getattr(model, "classifier_head", None)  # any module may define one, tapped or not
+    if classifier_head is None:
+        return None
     try:
-        return count_parameters(model.classifier_head())
+        return count_parameters(classifier_head())
     except (AttributeError, NotImplementedError):
         return None
 
 
-def parameter_report(method: nn.Module) -> dict[str, Any]:
+def parameter_report(method: Method[Any]) -> dict[str, Any]:
     """Parameter counts of a method's student, teachers and own modules, and the pruning ratio."""
     student = method.student
-    teachers = list(getattr(method, "teachers", []))
+    teachers = list(method.teachers)
     owned_elsewhere = _unique_parameters([student, *teachers])
     own_ids = {id(p) for p in method.parameters()} - owned_elsewhere
     own_buffer_elements = sum(
@@ -63,26 +68,14 @@ def parameter_report(method: nn.Module) -> dict[str, Any]:
     )
     report: dict[str, Any] = {
         "params_student": count_parameters(student),
-        "params_student_classifier": _classifier_count(student),
+        "params_student_classifier": classifier_count(student),
         "params_teachers": [count_parameters(t) for t in teachers],
-        "params_teacher_classifiers": [_classifier_count(t) for t in teachers],
+        "params_teacher_classifiers": [classifier_count(t) for t in teachers],
         "params_method_modules": _count_ids(method, own_ids),
         "buffer_elements_method": own_buffer_elements,
     }
     teacher_total = sum(report["params_teachers"])
-    if getattr(method, "name", "") == "simkd":
-        projector_params = count_parameters(method.projectors)
-        delta = sum(report["params_teacher_classifiers"]) - (report["params_student_classifier"] or 0)
-        deployed = report["params_student"] + projector_params + delta
-        report.update(
-            {
-                "params_projector": projector_params,
-                "params_training_only_projectors": count_parameters(getattr(method, "extra_projectors", None)),
-                "params_classifier_delta": delta,
-            }
-        )
-    else:
-        deployed = report["params_student"]
-    report["params_deployed"] = deployed
-    report["pruning_ratio"] = 1.0 - deployed / teacher_total if teacher_total else None
+    deployed = method.deployed_parameters()  # the method decides what inference needs
+    report.update(deployed)
+    report["pruning_ratio"] = 1.0 - deployed["params_deployed"] / teacher_total if teacher_total else None
     return report

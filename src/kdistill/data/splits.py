@@ -1,0 +1,69 @@
+"""The splits of one run: a seeded validation split carved from train when the dataset has none, seeded
+subsets, and index-returning wrappers (the same for every dataset)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from kdistill.config import DataConfig
+from kdistill.contracts import ConfigError
+from kdistill.data.registry import DATASETS, Data
+
+
+class Indexed(Dataset):
+    """Wraps a dataset so items are (input, target, index)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        inputs, target = self.dataset[index]
+        return inputs, int(target), index
+
+
+def seeded_permutation(n: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def build_data(config: DataConfig, seed: int) -> Data:
+    """Build the splits for ``config``; ``seed`` fixes the carved validation split and subsets."""
+    try:
+        builder = DATASETS.get(config.name)
+    except KeyError as error:
+        raise ConfigError(f"data.name: {error.args[0]}") from None
+    splits = builder(config)
+    train, val = splits.train, splits.val
+    val_size = splits.default_val_size if config.val_size is None else config.val_size
+    if val is None and val_size > 0:
+        n = len(train)  # type: ignore[arg-type]
+        if val_size >= n:
+            raise ConfigError(f"data.val_size={val_size} leaves no training data ({n} samples)")
+        order = seeded_permutation(n, seed=12345)  # the val split does not move with the run seed
+        val = Subset(splits.train_eval, order[:val_size].sort().values.tolist())
+        train = Subset(train, order[val_size:].sort().values.tolist())
+    if config.train_subset is not None:
+        train = _subset(train, config.train_subset, seed)
+    test = splits.test
+    if config.test_subset is not None:
+        test = _subset(test, config.test_subset, seed)
+        val = _subset(val, config.test_subset, seed) if val is not None else None
+    return Data(
+        train=Indexed(train),
+        val=Indexed(val) if val is not None else None,
+        test=Indexed(test),
+        num_classes=splits.num_classes,
+        input_shape=splits.input_shape,
+        train_augmented=splits.train_augmented,
+        class_names=splits.class_names,
+    )
+
+
+def _subset(dataset: Dataset, size: int, seed: int) -> Dataset:
+    n = len(dataset)  # type: ignore[arg-type]
+    if size >= n:
+        return dataset
+    return Subset(dataset, seeded_permutation(n, seed).narrow(0, 0, size).sort().values.tolist())

@@ -1,0 +1,108 @@
+"""What a run is built from: the device, the architectures named in the config, and the method with its
+student and teachers (checked against what the method declares it needs)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace as dataclass_replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdistill.config import Config, ModelConfig
+from kdistill.contracts import ConfigError, DataInfo
+from kdistill.methods import METHODS, Method
+from kdistill.models import build_model
+from kdistill.models.loading import architecture_from_checkpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a CUDA device that is not there is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu or auto")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def resolve_architectures(config: Config) -> Config:
+    """Fill empty model names from their kdistill checkpoints so config.yaml names every architecture."""
+
+    def resolve(model: ModelConfig, where: str) -> ModelConfig:
+        if model.name or model.checkpoint is None:
+            return model
+        name, kwargs = architecture_from_checkpoint(model.checkpoint, where)
+        return dataclass_replace(model, name=name, kwargs=kwargs)
+
+    return dataclass_replace(
+        config,
+        student=resolve(config.student, "student"),
+        teacher=resolve(config.teacher, "teacher") if config.teacher is not None else None,
+        extra_teachers=[resolve(t, f"extra_teachers[{i}]") for i, t in enumerate(config.extra_teachers)],
+    )
+
+
+def method_class(config: Config) -> type[Method[Any]]:
+    """The registered method class of ``config.method.name``."""
+    try:
+        return METHODS.get(config.method.name)
+    except KeyError as error:
+        raise ConfigError(f"method.name: {error.args[0]}") from None
+
+
+def check_teacher_count(method_cls: type[Method[Any]], count: int) -> None:
+    """A method that needs a teacher gets one; none gets more than it takes."""
+    traits = method_cls.traits
+    if traits.needs_teacher and not count:
+        raise ConfigError(
+            f"method {method_cls.name!r} distils from a teacher: set teacher.checkpoint (and teacher.name)"
+        )
+    if traits.max_teachers is not None and count > traits.max_teachers:
+        hint = "; use `kdistill distill` for distillation" if traits.max_teachers == 0 else ""
+        raise ConfigError(
+            f"method {method_cls.name!r} takes at most {traits.max_teachers} teacher(s), the config gives {count}{hint}"
+        )
+
+
+def build_method(config: Config, info: DataInfo, load_weights: bool = True) -> Method[Any]:
+    """Student + teachers + method modules, checked against the method's needs.
+
+    ``load_weights=False`` builds the architectures only (to load an exported state into).
+    """
+    method_cls = method_class(config)
+    teacher_configs = config.teachers()
+    check_teacher_count(method_cls, len(teacher_configs))
+    student_config = config.student if load_weights else _architecture_only(config.student)
+    student = build_model(student_config, info.num_classes, info.input_shape, where="student")
+    teachers: list[nn.Module] = []
+    for i, teacher_config in enumerate(teacher_configs):
+        where = "teacher" if i == 0 else f"extra_teachers[{i - 1}]"
+        if not load_weights:
+            teacher_config = _architecture_only(teacher_config)
+        elif teacher_config.checkpoint is None and not teacher_config.pretrained:
+            raise ConfigError(f"{where}: a teacher needs trained weights: set {where}.checkpoint (or pretrained: true)")
+        teachers.append(build_model(teacher_config, info.num_classes, info.input_shape, where=where))
+    return method_cls(student, teachers, config.method, info)
+
+
+def _architecture_only(model: ModelConfig) -> ModelConfig:
+    return dataclass_replace(model, checkpoint=None, pretrained=False)
+
+
+def load_method_state(method: Method[Any], state: dict[str, Tensor]) -> None:
+    """Load a checkpoint's method state (which omits the frozen teachers)."""
+    missing, unexpected = method.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("teachers.")]
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint does not match the configured method: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )

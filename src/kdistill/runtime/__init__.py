@@ -1,0 +1,1 @@
+"""Runtime helpers on the ground floor: ranks (distributed), atomic file writes, RNG state."""
