@@ -155,7 +155,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
         return output
 
     monkeypatch.setattr(CrossEntropy, "training_step", diverging_step)
-    with pytest.raises(TrainingDivergedError, match="NaN or infinite in epoch 2"):
+    with pytest.raises(TrainingDivergedError, match="NaN or infinite at step 1 of epoch 2"):
         fit(config, resume=True, **QUIET)
     after = read_checkpoint(tmp_path / "run" / "last.pt")
     assert after["epoch"] == 1

@@ -113,11 +113,15 @@ class TrainConfig:
     channels_last: bool = False
     eval_every: int = 1  # evaluate val/test every K epochs (and always after the last)
     checkpoint_every: int = 1  # write last.pt every K epochs (and always after the last)
+    checkpoint_every_steps: int | None = None  # also write last.pt every N optimisation steps (exact mid-epoch resume)
+    checkpoint_every_minutes: float | None = None  # also write last.pt when this much time passed since the last one
     keep_checkpoints: int = 0  # also keep the newest N per-epoch checkpoints (0 = only last/best)
     max_steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests)
     cache_teacher_outputs: bool = True  # compute teacher logits once when training data is not augmented
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower; see README)
     progress: bool = True  # progress bars
+    on_nan: str = "stop"  # a NaN/inf loss: stop (last.pt keeps the last good state) | skip (drop that step's update)
+    max_skipped_steps: int = 10  # on_nan=skip: stop after this many skipped steps in one run
 
 
 @dataclass

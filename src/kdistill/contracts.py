@@ -27,6 +27,18 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; no checkpoint was written from the diverged state."""
 
 
+class TrainingInterrupted(RuntimeError):
+    """A signal (SIGTERM, SIGINT, SIGUSR1) stopped training after a step; last.pt holds that step."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+class DiskFullError(OSError):
+    """A file could not be written for lack of space; the previous version of the file is intact."""
+
+
 # ----------------------------------------------------------------------------- data and steps
 
 

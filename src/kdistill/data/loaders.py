@@ -24,17 +24,19 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     """A permutation that depends on (seed, epoch) only: resuming at an epoch reproduces its order.
 
     With ``num_replicas > 1`` each rank takes every ``num_replicas``-th index of the same permutation
-    (padded to equal length), as ``DistributedSampler`` does.
+    (padded to equal length), as ``DistributedSampler`` does. ``set_epoch(epoch, skip)`` leaves out the first
+    ``skip`` indices of this rank's share in the next pass (a resume in the middle of an epoch).
     """
 
     def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, num_replicas: int = 1) -> None:
         self.size, self.seed, self.shuffle = size, seed, shuffle
         self.rank, self.num_replicas = rank, num_replicas
         self.epoch = 0
+        self.skip = 0
         self.per_replica = -(-size // num_replicas)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
         if self.shuffle:
@@ -43,7 +45,8 @@ class EpochSampler(torch.utils.data.Sampler[int]):
             order = list(range(self.size))
         total = self.per_replica * self.num_replicas
         order += order[: total - len(order)]
-        return iter(order[self.rank : total : self.num_replicas])
+        skip, self.skip = self.skip, 0
+        return iter(order[self.rank : total : self.num_replicas][skip:])
 
     def __len__(self) -> int:
         return self.per_replica

@@ -100,7 +100,14 @@ def _architecture_only(model: ModelConfig) -> ModelConfig:
 
 def load_method_state(method: Method[Any], state: dict[str, Tensor]) -> None:
     """Load a checkpoint's method state (which omits the frozen teachers)."""
-    missing, unexpected = method.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = method.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # same names, other shapes: another architecture or width
+        first = str(error).split("\n\t")[1:2] or [str(error)]
+        raise ConfigError(
+            f"checkpoint does not fit the configured models (another architecture or size?): {first[0].strip()}. "
+            "Resume with the config the checkpoint was made with, or start a new run (--set name=...)"
+        ) from None
     missing = [k for k in missing if not k.startswith("teachers.")]
     if missing or unexpected:
         raise ConfigError(

@@ -7,9 +7,10 @@ RNG seeding it does itself), so sweeps and trials can call it many times in one 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,22 +19,32 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kdistill.config import Config
-from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput, TrainingDivergedError
+from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput, TrainingDivergedError, TrainingInterrupted
 from kdistill.data import Data, build_data, make_loader
 from kdistill.engine.builders import autocast, build_method, resolve_architectures, resolve_device
-from kdistill.engine.checkpoint import checkpoint_payload, restore, save_last
+from kdistill.engine.checkpoint import Position, checkpoint_payload, restore, save_last
 from kdistill.engine.evaluation import evaluate
 from kdistill.engine.export import save_student
 from kdistill.engine.optim import build_optimizer, build_scheduler
-from kdistill.engine.run_dir import RunDir, TrackerFactory
+from kdistill.engine.run_dir import RunDir, TrackerFactory, read_metrics, read_summary
 from kdistill.engine.teacher_cache import TeacherReferences, compute_teacher_references, teacher_usage
 from kdistill.methods import Method
 from kdistill.methods.accounting import parameter_report
 from kdistill.runtime.distributed import average_gradients, init_from_environment, is_main_process, reduce_sums
 from kdistill.runtime.io import atomic_save
 from kdistill.runtime.rng import seed_everything
+from kdistill.runtime.signals import StopRequests, signal_name
 
-__all__ = ["EpochSettings", "RunState", "TrainingDivergedError", "fit", "steps_per_epoch", "train_one_epoch"]
+__all__ = [
+    "EpochSettings",
+    "EpochTotals",
+    "RunState",
+    "TrainingDivergedError",
+    "TrainingInterrupted",
+    "fit",
+    "steps_per_epoch",
+    "train_one_epoch",
+]
 
 Optimizer = torch.optim.Optimizer
 Scheduler = torch.optim.lr_scheduler.LRScheduler
@@ -52,18 +63,16 @@ class EpochSettings:
     amp: bool = False
     channels_last: bool = False
     progress: bool = True
+    skip_nonfinite: bool = False  # train.on_nan=skip: drop a step whose loss is NaN/inf instead of stopping
+    max_skipped_steps: int = 10
 
     @classmethod
     def from_config(cls, config: Config) -> EpochSettings:
         train = config.train
         return cls(
-            train.epochs,
-            train.max_steps_per_epoch,
-            config.optim.clip_grad_norm,
-            train.amp,
-            train.channels_last,
-            train.progress,
-        )
+            train.epochs, train.max_steps_per_epoch, config.optim.clip_grad_norm, train.amp, train.channels_last,
+            train.progress, train.on_nan == "skip", train.max_skipped_steps,
+        )  # fmt: skip
 
 
 def steps_per_epoch(loader: DataLoader, max_steps: int | None) -> int:
@@ -71,36 +80,38 @@ def steps_per_epoch(loader: DataLoader, max_steps: int | None) -> int:
     return len(loader) if max_steps is None else min(len(loader), max_steps)
 
 
-class _EpochTotals:
-    """Sample-weighted sums of the loss terms and the correct predictions of one epoch (on the device)."""
+class EpochTotals:
+    """Sample-weighted sums of the loss terms and the correct predictions of one epoch, the steps taken and the
+    steps skipped; saved in mid-epoch checkpoints so a resumed epoch reports the same means."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, state: dict[str, float] | None = None, skipped: int = 0) -> None:
         self.device = device
-        self.sums: dict[str, Tensor] = {}
-        self.correct = torch.zeros((), device=device)
-        self.seen = 0
+        saved = dict(state or {})
+        self.step = int(saved.pop("_step", 0))
+        self.seen = int(saved.pop("_seen", 0))
+        self.correct = torch.tensor(saved.pop("_correct", 0.0), device=device)
+        self.sums: dict[str, Tensor] = {k: torch.tensor(v, device=device) for k, v in saved.items()}
+        self.skipped = skipped  # over the run, not only this epoch
+
+    def state(self) -> dict[str, float]:
+        """The sums as floats (exact: float32 values round-trip through Python floats)."""
+        values = {k: v.item() for k, v in self.sums.items()}
+        return {**values, "_step": float(self.step), "_seen": float(self.seen), "_correct": self.correct.item()}
 
     def add(self, output: StepOutput, loss: Tensor, batch: Batch, uses_labels: bool) -> None:
         size = len(batch)
         self.seen += size
+        zero = torch.zeros((), device=self.device)
         for key, value in output.losses.items():
-            self.sums[key] = self.sums.get(key, torch.zeros((), device=self.device)) + value.detach().float() * size
-        self.sums["loss"] = self.sums.get("loss", torch.zeros((), device=self.device)) + loss.detach().float() * size
+            self.sums[key] = self.sums.get(key, zero) + value.detach().float() * size
+        self.sums["loss"] = self.sums.get("loss", zero) + loss.detach().float() * size
         if uses_labels:
             self.correct += (output.logits.detach().argmax(1) == batch.targets).sum()
 
     def running_loss(self) -> float:
-        return self.sums["loss"].item() / self.seen
+        return self.sums["loss"].item() / max(self.seen, 1)
 
-    def diverged(self, epoch: int) -> TrainingDivergedError:
-        terms = ", ".join(f"{k}={v.item() / max(self.seen, 1):.4g}" for k, v in self.sums.items())
-        return TrainingDivergedError(
-            f"the loss became NaN or infinite in epoch {epoch + 1} (running means: {terms}). Nothing was saved from "
-            "this epoch; last.pt holds the last good state. Lower optim.lr, set optim.clip_grad_norm, or check the "
-            "inputs."
-        )
-
-    def result(self, uses_labels: bool, epoch: int) -> dict[str, float]:
+    def result(self, uses_labels: bool) -> dict[str, float]:
         values = {
             **{k: v.item() for k, v in self.sums.items()},
             "correct": self.correct.item(),
@@ -110,29 +121,50 @@ class _EpochTotals:
         seen_all = max(totals.pop("seen"), 1.0)
         correct_all = totals.pop("correct")
         result = {f"train_{k}": v / seen_all for k, v in totals.items()}
-        if not math.isfinite(result["train_loss"]):
-            raise self.diverged(epoch)
         if uses_labels:
             result["train_acc"] = 100.0 * correct_all / seen_all
+        result["train_skipped_steps"] = float(self.skipped)
         return result
+
+
+def _diverged(epoch: int, step: int, output: StepOutput, totals: EpochTotals) -> TrainingDivergedError:
+    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in output.losses.items())
+    return TrainingDivergedError(
+        f"the loss became NaN or infinite at step {step + 1} of epoch {epoch + 1} (this step's terms: {terms}; "
+        f"{totals.skipped} step(s) skipped before). Nothing was saved from this step; last.pt holds the last good "
+        "state. Lower optim.lr, set optim.clip_grad_norm, check the inputs and the method's weights, or set "
+        "train.on_nan=skip to drop such steps."
+    )
+
+
+def _finite_everywhere(loss: Tensor, device: torch.device) -> bool:
+    """Whether the loss is finite on every rank (one rank's NaN skips or stops all of them together)."""
+    bad = 0.0 if bool(torch.isfinite(loss.detach()).item()) else 1.0
+    return reduce_sums({"bad": bad}, device)["bad"] == 0.0
 
 
 def _optimisation_step(
     method: Method[Any], batch: Batch, optimizer: Optimizer, scheduler: Scheduler, settings: EpochSettings
-) -> tuple[StepOutput, Tensor]:
-    """Forward (under autocast), backward, gradient averaging over ranks, clipping, optimizer and schedule step."""
+) -> tuple[StepOutput, Tensor, bool]:
+    """Forward (under autocast); if the loss is finite: backward, gradient averaging over ranks, clipping and the
+    optimizer step. The schedule steps either way. Returns (output, loss, whether the update was applied)."""
     parameters = method.trainable_parameters()
     with autocast(batch.inputs.device, settings.amp):
         output = method.training_step(batch)
     loss = output.loss
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    average_gradients(parameters)
-    if settings.clip_grad_norm is not None:
-        nn.utils.clip_grad_norm_(parameters, settings.clip_grad_norm)
-    optimizer.step()
+    finite = _finite_everywhere(loss, batch.inputs.device)
+    if finite:
+        loss.backward()
+        average_gradients(parameters)
+        if settings.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(parameters, settings.clip_grad_norm)
+        optimizer.step()
     scheduler.step()
-    return output, loss
+    return output, loss, finite
+
+
+StepHook = Callable[[EpochTotals], None]  # called after every step (checkpoints, stop requests)
 
 
 def train_one_epoch(
@@ -144,30 +176,39 @@ def train_one_epoch(
     epoch: int,
     generator: torch.Generator,
     settings: EpochSettings,
+    totals: EpochTotals | None = None,
+    after_step: StepHook | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of every loss term, the total, and train accuracy."""
+    """One pass over ``loader``; returns the mean of every loss term, the total, and train accuracy.
+
+    ``totals`` continues an epoch resumed in its middle (the loader then yields the remaining batches only).
+    """
     method.train()
-    totals = _EpochTotals(device)
+    totals = totals or EpochTotals(device)
     steps = steps_per_epoch(loader, settings.max_steps)
     show = settings.progress and is_main_process()
     # disable=None: bars only on a terminal, so logs piped to a file stay readable
-    bar = tqdm(
-        total=steps, desc=f"epoch {epoch + 1}/{settings.num_epochs}", leave=False, disable=None if show else True
-    )
-    for step, batch in enumerate(loader):
-        if step >= steps:
+    label = f"epoch {epoch + 1}/{settings.num_epochs}"
+    bar = tqdm(total=steps, initial=totals.step, desc=label, leave=False, disable=None if show else True)
+    for batch in loader:
+        if totals.step >= steps:
             break
         batch = method.augment_batch(batch.to(device, channels_last=settings.channels_last), generator)
-        output, loss = _optimisation_step(method, batch, optimizer, scheduler, settings)
-        totals.add(output, loss, batch, method.traits.uses_labels)
-        if step % 20 == 0 or step == steps - 1:
-            current = totals.running_loss()
-            if not math.isfinite(current):
-                raise totals.diverged(epoch)
-            bar.set_postfix(loss=f"{current:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+        output, loss, applied = _optimisation_step(method, batch, optimizer, scheduler, settings)
+        if not applied:
+            if not settings.skip_nonfinite or totals.skipped >= settings.max_skipped_steps:
+                raise _diverged(epoch, totals.step, output, totals)
+            totals.skipped += 1
+        else:
+            totals.add(output, loss, batch, method.traits.uses_labels)
+        totals.step += 1
+        if totals.step % 20 == 1 or totals.step == steps:
+            bar.set_postfix(loss=f"{totals.running_loss():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
         bar.update(1)
+        if after_step is not None:
+            after_step(totals)
     bar.close()
-    return totals.result(method.traits.uses_labels, epoch)
+    return totals.result(method.traits.uses_labels)
 
 
 def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -196,10 +237,11 @@ class RunState:
     epoch_steps: int
     run: RunDir
     started: float
-    start_epoch: int = 0
-    best: dict[str, Any] | None = None
+    position: Position = field(default_factory=Position)
     references: TeacherReferences | None = None
     summary_extra: dict[str, Any] | None = None
+    last_save: float = field(default_factory=time.time)  # when last.pt was last written (time-based checkpoints)
+    stop: StopRequests = field(default_factory=StopRequests)
 
 
 def _loaders(config: Config, data: Data) -> tuple[DataLoader, dict[str, DataLoader]]:
@@ -244,8 +286,8 @@ def build_run(config: Config, resume: bool, overwrite: bool, trackers: TrackerFa
 
 def prepare_run(state: RunState, resume: bool, log: Callable[[str], None]) -> None:
     """Restore ``last.pt`` when resuming, count parameters, compute the teachers' reference logits."""
-    restored = restore(state.run, state.method, state.optimizer, state.scheduler, log) if resume else None
-    state.start_epoch, state.best = restored or (0, {"epoch": -1, "val_acc": -math.inf})
+    restored = restore(state.run, state.method, state.optimizer, state.scheduler, state.config, log) if resume else None
+    state.position = restored or Position()
     accounting = parameter_report(state.method)
     config = state.config
     state.references = compute_teacher_references(
@@ -262,38 +304,89 @@ def prepare_run(state: RunState, resume: bool, log: Callable[[str], None]) -> No
 
 
 def _evaluate_epoch(state: RunState, epoch: int, record: dict[str, Any]) -> None:
-    """Evaluate on val/test into ``record``; keep ``best.pt`` by validation accuracy."""
-    assert state.references is not None and state.best is not None
+    """Evaluate on val/test into ``record``; keep ``best.pt`` by validation accuracy. A non-finite evaluation
+    loss is divergence too: nothing is checkpointed from it."""
+    assert state.references is not None
     for split, loader in state.eval_loaders.items():
         teacher_logits = state.references.eval_logits.get(split)
         result = evaluate(state.method, loader, state.device, teacher_logits, state.config.train.amp)
-        record.update({f"{split}_{key}": value for key, value in result.items()})
-    if "val_acc" in record and record["val_acc"] > state.best["val_acc"]:
-        state.best = {"epoch": epoch + 1, "val_acc": record["val_acc"], "test_acc": record.get("test_acc")}
-        if is_main_process():
-            payload = checkpoint_payload(
-                state.method, state.optimizer, state.scheduler, epoch + 1, state.best, state.config
+        if not math.isfinite(result["loss"]):
+            raise TrainingDivergedError(
+                f"evaluation on {split} after epoch {epoch + 1} gave a non-finite loss ({result['loss']}): the model "
+                "diverged. Nothing was saved from this epoch; last.pt holds the last good state. Lower optim.lr or "
+                "set optim.clip_grad_norm."
             )
+        record.update({f"{split}_{key}": value for key, value in result.items()})
+    best = state.position.best
+    if "val_acc" in record and record["val_acc"] > best["val_acc"]:
+        state.position.best = {"epoch": epoch + 1, "val_acc": record["val_acc"], "test_acc": record.get("test_acc")}
+        if is_main_process():
+            at_epoch_end = Position(epoch + 1, best=state.position.best, skipped_steps=state.position.skipped_steps)
+            payload = checkpoint_payload(state.method, state.optimizer, state.scheduler, at_epoch_end, state.config)
             atomic_save(payload, state.run.best)
 
 
+def _save_within_epoch(state: RunState, epoch: int, totals: EpochTotals, generator: torch.Generator) -> None:
+    position = Position(
+        epoch, totals.step, totals.state(), generator.get_state(), totals.skipped, best=state.position.best
+    )  # fmt: skip
+    if is_main_process():
+        payload = checkpoint_payload(state.method, state.optimizer, state.scheduler, position, state.config)
+        save_last(state.run, payload, state.config.train.keep_checkpoints)
+    state.last_save = time.time()
+
+
+def _step_hook(state: RunState, epoch: int, generator: torch.Generator) -> StepHook:
+    """After each step: a step- or time-based checkpoint when due; on a stop signal a checkpoint, then stop."""
+    train = state.config.train
+
+    def after_step(totals: EpochTotals) -> None:
+        global_step = epoch * state.epoch_steps + totals.step
+        by_steps = train.checkpoint_every_steps is not None and global_step % train.checkpoint_every_steps == 0
+        minutes = train.checkpoint_every_minutes
+        by_time = minutes is not None and time.time() - state.last_save >= 60 * minutes
+        stop = reduce_sums({"stop": float(state.stop.requested)}, state.device)["stop"] > 0
+        if by_steps or by_time or stop:
+            _save_within_epoch(state, epoch, totals, generator)
+        if stop:
+            number = state.stop.signal_number or signal.SIGTERM
+            raise TrainingInterrupted(
+                f"stopped by {signal_name(number)} after step {totals.step} of epoch {epoch + 1}; "
+                f"{state.run.last} holds that step. Continue with the same command and --resume "
+                "(Python: fit(config, resume=True)).",
+                number,
+            )
+
+    return after_step
+
+
 def run_epoch(state: RunState, epoch: int, end_epoch: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Train one epoch, evaluate when due, write metrics and checkpoints; returns the epoch's record."""
-    config, method = state.config, state.method
+    """Train one epoch (or its rest, after a mid-epoch resume), evaluate when due, write metrics and
+    checkpoints; returns the epoch's record."""
+    config, method, position = state.config, state.method, state.position
     epoch_start = time.time()
-    state.train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]  # our EpochSampler
+    generator = _epoch_generator(config.seed, epoch, state.device)
+    totals = None
+    skip = 0
+    if position.step_in_epoch and position.epoch == epoch:  # resumed in the middle of this epoch
+        totals = EpochTotals(state.device, position.epoch_totals, position.skipped_steps)
+        skip = position.step_in_epoch * config.data.batch_size
+        if position.generator_state is not None:
+            generator.set_state(position.generator_state)
+    state.train_loader.sampler.set_epoch(epoch, skip)  # type: ignore[attr-defined]  # our EpochSampler
     state.train_loader.generator.manual_seed(config.seed * 1_000_003 + epoch)
     method.on_epoch_start(epoch, config.train.epochs)
     record: dict[str, Any] = {
         "epoch": epoch + 1, "step": (epoch + 1) * state.epoch_steps, "lr": state.optimizer.param_groups[0]["lr"]
     }  # fmt: skip
-    generator = _epoch_generator(config.seed, epoch, state.device)
+    totals = totals or EpochTotals(state.device, skipped=position.skipped_steps)
     settings = EpochSettings.from_config(config)
+    hook = _step_hook(state, epoch, generator)
+    loader, optimizer, scheduler = state.train_loader, state.optimizer, state.scheduler
     record.update(
-        train_one_epoch(
-            method, state.train_loader, state.optimizer, state.scheduler, state.device, epoch, generator, settings
-        )
+        train_one_epoch(method, loader, optimizer, scheduler, state.device, epoch, generator, settings, totals, hook)
     )
+    state.position = Position(epoch + 1, best=position.best, skipped_steps=totals.skipped)
     record.update({f"train_{key}": value for key, value in method.epoch_metrics().items()})
     record["train_time_s"] = time.time() - epoch_start
     is_last = epoch + 1 == end_epoch
@@ -303,14 +396,15 @@ def run_epoch(state: RunState, epoch: int, end_epoch: int, log: Callable[[str], 
     state.run.append_metrics(record)
     log(_format_record(record))
     if is_main_process() and (is_last or (epoch + 1) % config.train.checkpoint_every == 0):
-        payload = checkpoint_payload(method, state.optimizer, state.scheduler, epoch + 1, state.best or {}, config)
-        save_last(state.run, payload, epoch + 1, config.train.keep_checkpoints)
+        payload = checkpoint_payload(method, state.optimizer, state.scheduler, state.position, config)
+        save_last(state.run, payload, config.train.keep_checkpoints)
+        state.last_save = time.time()
     return record
 
 
 def finish_run(state: RunState, last_eval: dict[str, Any]) -> dict[str, Any]:
     """Write the deployable student and ``summary.json``; returns the summary."""
-    config, best = state.config, state.best or {}
+    config, best = state.config, state.position.best
     if is_main_process():
         save_student(state.method, config, state.info, state.run.path / "student.pt")
     summary = {
@@ -331,6 +425,23 @@ def finish_run(state: RunState, last_eval: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _finished_summary(state: RunState, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """A resumed run whose checkpoint is already at the end: its summary (written anew if a kill lost it)."""
+    if state.position.epoch < state.config.train.epochs or state.position.step_in_epoch:
+        return None
+    log(f"{state.run.path} has already finished all {state.config.train.epochs} epochs; nothing to train")
+    summary_path = state.run.path / "summary.json"
+    if summary_path.exists():
+        summary = read_summary(state.run.path)
+        if summary.get("epochs") == state.config.train.epochs and "best_epoch" in summary:
+            return summary
+    records = read_metrics(state.run.path) if (state.run.path / "metrics.jsonl").exists() else []
+    last_eval = {k: v for k, v in (records[-1] if records else {}).items() if k.startswith(("val_", "test_"))}
+    if not last_eval:
+        _evaluate_epoch(state, state.position.epoch - 1, last_eval)
+    return finish_run(state, last_eval)
+
+
 def fit(
     config: Config,
     resume: bool = False,
@@ -343,18 +454,23 @@ def fit(
 
     ``stop_after_epochs`` ends this call after that many completed epochs (the schedule still spans
     ``train.epochs``; a later ``resume=True`` call continues exactly), for time-limited jobs. ``trackers``
-    starts optional experiment trackers for the run directory (``kdistill.track.build_sinks``).
+    starts optional experiment trackers for the run directory (``kdistill.track.build_sinks``). SIGTERM, SIGINT
+    and SIGUSR1 stop training after the current step with a checkpoint (:class:`TrainingInterrupted`).
     """
     state = build_run(config, resume, overwrite, trackers)
     try:  # from here on the run directory's trackers are closed on every exit
         prepare_run(state, resume, log)
+        finished = _finished_summary(state, log) if resume else None
+        if finished is not None:
+            return finished
         total = state.config.train.epochs
         end_epoch = total if stop_after_epochs is None else min(total, stop_after_epochs)
         last_eval: dict[str, Any] = {}
-        for epoch in range(state.start_epoch, end_epoch):
-            record = run_epoch(state, epoch, end_epoch, log)
-            if any(key.startswith(("val_", "test_")) for key in record):
-                last_eval = {k: v for k, v in record.items() if k.startswith(("val_", "test_"))}
+        with state.stop:
+            for epoch in range(state.position.epoch, end_epoch):
+                record = run_epoch(state, epoch, end_epoch, log)
+                if any(key.startswith(("val_", "test_")) for key in record):
+                    last_eval = {k: v for k, v in record.items() if k.startswith(("val_", "test_"))}
         if end_epoch < total:
             log(f"stopped after epoch {end_epoch} of {total}; continue with resume")
             return {

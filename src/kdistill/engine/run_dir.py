@@ -15,10 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import yaml
+
 from kdistill.config import Config, dump_config, load_config, to_dict
-from kdistill.contracts import ConfigError
+from kdistill.contracts import ConfigError, DiskFullError
 from kdistill.runtime.distributed import is_main_process
-from kdistill.runtime.io import atomic_write_text
+from kdistill.runtime.io import NO_SPACE, atomic_write_text, remove_stale_temp_files
 
 
 class MetricSink(Protocol):
@@ -32,6 +34,70 @@ class MetricSink(Protocol):
 TrackerFactory = Callable[[Path, Config], list[MetricSink]]  # (run dir, config) -> started trackers
 
 
+RUN_MARKER = ".kdistill-run"  # written into every run directory kdistill creates: --overwrite removes only those
+MAX_NAME_LENGTH = 200
+# keys that may change between the sessions of one run without changing what it computes
+RESUMABLE_CHANGES = {
+    "track",
+    "output_dir",
+    "train.progress",
+    "data.num_workers",
+    "train.checkpoint_every_steps",
+    "train.checkpoint_every_minutes",
+}
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "kwargs":
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True  # NaN-safe: an unchanged NaN is no change
+    return bool(a == b)
+
+
+def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every value that differs between two config dicts (NaN equals NaN), leaving out
+    what may change between sessions (trackers, progress bars, loader workers, checkpoint cadence)."""
+    old, new = _flatten(saved), _flatten(current)
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key.split(".")[0] in RESUMABLE_CHANGES or key in RESUMABLE_CHANGES:
+            continue
+        if not _same(old.get(key), new.get(key)):
+            diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return diffs
+
+
+def run_path(config: Config) -> Path:
+    """``<output_dir>/<name>``, after checking that the name is one plain path component, so a run directory is
+    always inside ``output_dir``, and that ``output_dir`` is not a file."""
+    name, output_dir = config.name, Path(config.output_dir)
+    problems = []
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name or Path(name).is_absolute():
+        problems.append(f"name={name!r} must be a plain directory name (no '/', not '', '.' or '..')")
+    if len(name) > MAX_NAME_LENGTH:
+        problems.append(f"name is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
+    if output_dir.exists() and not output_dir.is_dir():
+        problems.append(f"output_dir={str(output_dir)!r} is a file, not a directory")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return output_dir / name
+
+
+def is_run_directory(path: Path) -> bool:
+    """Whether kdistill made ``path`` (its marker, or the files of a run written before markers existed)."""
+    return (path / RUN_MARKER).exists() or ((path / "config.yaml").is_file() and (path / "metrics.jsonl").exists())
+
+
 class RunDir:
     """``<output_dir>/<name>/``: paths, the metrics and summary writers, and the optional trackers fed from them."""
 
@@ -43,40 +109,45 @@ class RunDir:
     def for_config(
         cls, config: Config, resume: bool, overwrite: bool, trackers: TrackerFactory | None = None
     ) -> RunDir:
-        run = cls(Path(config.output_dir) / config.name)
+        run = cls(run_path(config))
         if is_main_process():
-            if run.path.exists() and any(run.path.iterdir()) and not resume:
-                if not overwrite:
-                    raise ConfigError(
-                        f"run directory {run.path} already exists: pass --resume to continue it, "
-                        f"--overwrite to replace it, or --set name=<new name>"
-                    )
-                shutil.rmtree(run.path)
-            run.path.mkdir(parents=True, exist_ok=True)
-            if resume and (run.path / "config.yaml").exists():
-                run.check_same_config(config)
-            dump_config(config, run.path / "config.yaml")
+            run._prepare(config, resume, overwrite)
             run.sinks = trackers(run.path, config) if trackers is not None else []
         return run
 
+    def _prepare(self, config: Config, resume: bool, overwrite: bool) -> None:
+        """Create (or, with ``overwrite``, replace) the directory; on resume check the recipe is the same."""
+        if self.path.exists() and any(self.path.iterdir()) and not resume:
+            if not overwrite:
+                raise ConfigError(
+                    f"run directory {self.path} already exists: pass --resume to continue it, "
+                    f"--overwrite to replace it, or --set name=<new name>"
+                )
+            if not is_run_directory(self.path):
+                raise ConfigError(
+                    f"--overwrite: {self.path} is not a kdistill run directory (no {RUN_MARKER}); it was left "
+                    f"untouched. Remove it yourself or choose another name (--set name=...)"
+                )
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / RUN_MARKER).touch()
+        remove_stale_temp_files(self.path)
+        if resume and (self.path / "config.yaml").exists():
+            self.check_same_config(config)
+        dump_config(config, self.path / "config.yaml")
+
     def check_same_config(self, config: Config) -> None:
-        """Resuming with a different recipe would silently mix two runs: refuse it."""
-        saved = to_dict(load_config(self.path / "config.yaml"))
-        current = to_dict(config)
-        ignore = {("train", "progress"), ("data", "num_workers")}
-        diffs = []
-        for section, value in current.items():
-            if section == "track":  # trackers may be switched on or off between sessions
-                continue
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    if (section, key) not in ignore and saved.get(section, {}).get(key) != item:
-                        diffs.append(f"{section}.{key}: {saved.get(section, {}).get(key)!r} -> {item!r}")
-            elif saved.get(section) != value:
-                diffs.append(f"{section}: {saved.get(section)!r} -> {value!r}")
+        """Resuming with a different recipe would silently mix two runs: refuse it, listing every difference.
+        An unreadable config.yaml is left to the checkpoint's own record of the recipe (compared on restore)."""
+        try:
+            saved = to_dict(load_config(self.path / "config.yaml"))
+        except (ConfigError, yaml.YAMLError, UnicodeDecodeError):
+            return
+        diffs = recipe_differences(saved, to_dict(config))
         if diffs:
             raise ConfigError(
-                f"--resume with a config that differs from {self.path / 'config.yaml'}: " + "; ".join(diffs)
+                f"--resume with a config that differs from {self.path / 'config.yaml'}: {'; '.join(diffs)}. "
+                "Resume with the same settings, or start a new run (--set name=...)"
             )
 
     @property
@@ -89,8 +160,16 @@ class RunDir:
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         if is_main_process():
-            with open(self.path / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(_finite(record)) + "\n")
+            path = self.path / "metrics.jsonl"
+            try:
+                with open(path, "a") as handle:
+                    handle.write(json.dumps(_finite(record)) + "\n")
+            except OSError as error:
+                if error.errno in NO_SPACE:
+                    raise DiskFullError(
+                        error.errno, f"no space left on the device appending to {path}: {error}"
+                    ) from error
+                raise
             for sink in self.sinks:
                 sink.log(record)
 
@@ -98,7 +177,8 @@ class RunDir:
         """On resume, drop lines of epochs the checkpoint does not contain (written after it)."""
         path = self.path / "metrics.jsonl"
         if is_main_process() and path.exists():
-            lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
+            records = _parse_lines(path.read_text())
+            lines = [json.dumps(record) for record in records if record["epoch"] <= epoch]
             atomic_write_text("".join(line + "\n" for line in lines), path)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
@@ -116,7 +196,20 @@ class RunDir:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     metrics = path / "metrics.jsonl" if path.is_dir() else path
-    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return _parse_lines(metrics.read_text())
+
+
+def _parse_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON records of a metrics.jsonl; a line a kill cut short (not valid JSON) is skipped."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "epoch" in record:
+            records.append(record)
+    return records
 
 
 def read_summary(path: str | Path) -> dict[str, Any]:
