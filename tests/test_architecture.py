@@ -47,9 +47,9 @@ def group_of(module: str) -> tuple[int, str]:
     best: tuple[int, str] | None = None
     for index, entries in enumerate(LAYERS):
         for entry in entries:
-            if module == entry or module.startswith(entry + "."):
-                if best is None or len(entry) > len(best[1]):
-                    best = (index, entry)
+            inside = module == entry or module.startswith(entry + ".")
+            if inside and (best is None or len(entry) > len(best[1])):
+                best = (index, entry)
     assert best is not None, f"{module} is in no layer: add it to LAYERS"
     return best
 

@@ -14,7 +14,14 @@ import yaml
 
 from kdistill import api
 from kdistill.config import Config, load_config, replace, to_dict
-from kdistill.contracts import CheckpointError, ConfigError, DatasetNotFoundError, TrainingDivergedError
+from kdistill.contracts import (
+    CheckpointError,
+    ConfigError,
+    DatasetNotFoundError,
+    DiskFullError,
+    TrainingDivergedError,
+    TrainingInterrupted,
+)
 from kdistill.data import DATASET_INFO, build_data
 from kdistill.methods import METHODS
 from kdistill.models.catalog import model_catalog
@@ -331,13 +338,16 @@ def main(argv: list[str] | None = None) -> int:
             return _list_datasets()
         if args.command == "methods":
             return _list_methods()
-    except (ConfigError, CheckpointError, DatasetNotFoundError, TrainingDivergedError) as error:
+    except TrainingInterrupted as stopped:
+        command = " ".join(["kdistill", *(argv if argv is not None else sys.argv[1:])])
+        resume = command if "--resume" in command else f"{command} --resume"
+        print(f"kdistill {args.command}: {stopped}\nresume with: {resume}", file=sys.stderr)
+        return 128 + stopped.signal_number
+    except (ConfigError, CheckpointError, DatasetNotFoundError, TrainingDivergedError, DiskFullError) as error:
         print(f"kdistill {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"kdistill {args.command}: interrupted; `--resume` continues from the last completed epoch", file=sys.stderr
-        )
+        print(f"kdistill {args.command}: interrupted; `--resume` continues from the last checkpoint", file=sys.stderr)
         return 130
     return 1
 

@@ -88,6 +88,7 @@ class EpochTotals:
         self.device = device
         saved = dict(state or {})
         self.step = int(saved.pop("_step", 0))
+        self.start_lr: float | None = saved.pop("_lr", None)  # the learning rate the epoch began with
         self.seen = int(saved.pop("_seen", 0))
         self.correct = torch.tensor(saved.pop("_correct", 0.0), device=device)
         self.sums: dict[str, Tensor] = {k: torch.tensor(v, device=device) for k, v in saved.items()}
@@ -96,7 +97,8 @@ class EpochTotals:
     def state(self) -> dict[str, float]:
         """The sums as floats (exact: float32 values round-trip through Python floats)."""
         values = {k: v.item() for k, v in self.sums.items()}
-        return {**values, "_step": float(self.step), "_seen": float(self.seen), "_correct": self.correct.item()}
+        extra = {"_step": float(self.step), "_seen": float(self.seen), "_correct": self.correct.item()}
+        return {**values, **extra, **({"_lr": self.start_lr} if self.start_lr is not None else {})}
 
     def add(self, output: StepOutput, loss: Tensor, batch: Batch, uses_labels: bool) -> None:
         size = len(batch)
@@ -109,7 +111,7 @@ class EpochTotals:
             self.correct += (output.logits.detach().argmax(1) == batch.targets).sum()
 
     def running_loss(self) -> float:
-        return self.sums["loss"].item() / max(self.seen, 1)
+        return self.sums["loss"].item() / max(self.seen, 1) if "loss" in self.sums else math.nan
 
     def result(self, uses_labels: bool) -> dict[str, float]:
         values = {
@@ -376,10 +378,10 @@ def run_epoch(state: RunState, epoch: int, end_epoch: int, log: Callable[[str], 
     state.train_loader.sampler.set_epoch(epoch, skip)  # type: ignore[attr-defined]  # our EpochSampler
     state.train_loader.generator.manual_seed(config.seed * 1_000_003 + epoch)
     method.on_epoch_start(epoch, config.train.epochs)
-    record: dict[str, Any] = {
-        "epoch": epoch + 1, "step": (epoch + 1) * state.epoch_steps, "lr": state.optimizer.param_groups[0]["lr"]
-    }  # fmt: skip
     totals = totals or EpochTotals(state.device, skipped=position.skipped_steps)
+    if totals.start_lr is None:
+        totals.start_lr = state.optimizer.param_groups[0]["lr"]
+    record: dict[str, Any] = {"epoch": epoch + 1, "step": (epoch + 1) * state.epoch_steps, "lr": totals.start_lr}
     settings = EpochSettings.from_config(config)
     hook = _step_hook(state, epoch, generator)
     loader, optimizer, scheduler = state.train_loader, state.optimizer, state.scheduler
