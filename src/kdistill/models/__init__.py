@@ -6,8 +6,9 @@
 - ``<prefix>:<name>`` (``timm:resnetv2_50x1_bit``, ``torchvision:resnet18``): adapters registered
   with ``@register_model_source(prefix)``;
 - ``checkpoint``: weights loaded after building (a kdistill run directory or checkpoint, a plain
-  state dict, or a ``.safetensors`` file), verified against ``sha256`` when given. A kdistill
-  checkpoint also records the architecture, so ``name`` may be left empty.
+  state dict, or a ``.safetensors`` file), verified against ``sha256`` when given; ``checkpoint_key``
+  picks one model's keys from a composite checkpoint. A kdistill checkpoint also records the
+  architecture, so ``name`` may be left empty.
 
 Every builder has the signature ``builder(num_classes, input_shape, **kwargs)``.
 """
@@ -63,6 +64,10 @@ def build_model(
     from kdistill.models.loading import architecture_from_checkpoint, load_weights
 
     name, kwargs = config.name, dict(config.kwargs)
+    if config.checkpoint_key is not None and config.checkpoint is None:
+        raise ConfigError(
+            f"{where}.checkpoint_key is set without {where}.checkpoint; give the checkpoint to take it from"
+        )
     if not name:
         if config.checkpoint is None:
             raise ConfigError(f"{where}.name is empty: give a model name (see `kdistill models`) or a kdistill checkpoint")
@@ -84,7 +89,7 @@ def build_model(
         model = _call_builder(builder, where, num_classes, input_shape, **kwargs)
     model.kdistill_spec = {"name": name, "kwargs": kwargs}  # recorded in exported checkpoints
     if config.checkpoint is not None:
-        load_weights(model, config.checkpoint, sha256=config.sha256, where=where)
+        load_weights(model, config.checkpoint, sha256=config.sha256, where=where, checkpoint_key=config.checkpoint_key)
     return model
 
 
