@@ -57,6 +57,8 @@ class ModelConfig:
     pretrained: bool = False  # load the library's pretrained weights (timm / torchvision)
     checkpoint: str | None = None  # a kdistill run dir/.pt, a plain state dict, or .safetensors
     sha256: str | None = None  # if set, the checkpoint file must have this digest
+    # keys to take from a composite checkpoint, e.g. module.student. (mdistiller) ; the prefix is stripped
+    checkpoint_key: str | None = None
 
 
 @dataclass

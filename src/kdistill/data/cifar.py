@@ -2,11 +2,12 @@
 
 Files: ``cifar-10-batches-py/data_batch_1..5``, ``test_batch``, ``batches.meta`` and
 ``cifar-100-python/train``, ``test``, ``meta`` (the archives at https://www.cs.toronto.edu/~kriz/cifar.html,
-which is also the layout torchvision's ``CIFAR10`` / ``CIFAR100`` download to). They are read with
-:mod:`pickle` directly (``encoding="bytes"``: the batches are Python 2 pickles) and held in memory
-as uint8 (N, 3, 32, 32). Looked for in ``data.root`` (the batch folder itself or its parent, i.e. a
-torchvision root), then ``~/.cache/kdistill``; with ``data.download: true`` torchvision downloads
-them there.
+which is also the layout torchvision's ``CIFAR10`` / ``CIFAR100`` download to). They are Python 2
+pickles, read with a restricted unpickler (``encoding="bytes"``) that resolves only the globals a numpy
+array needs and refuses any other, since a plain ``pickle.load`` of a crafted file runs code; they are
+held in memory as uint8 (N, 3, 32, 32). Looked for in ``data.root`` (the batch folder itself or its
+parent, i.e. a torchvision root), then ``~/.cache/kdistill``; with ``data.download: true`` torchvision
+downloads them there.
 
 Splits: 50,000 train / 10,000 test. Neither has an official validation split, so
 :func:`kdistill.data.build_data` carves 5,000 (10%) from train by default; the CRD / RepDistiller /
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 from kdistill.config import DataConfig
+from kdistill.contracts import DatasetNotFoundError
 from kdistill.data.imagefolder import default_roots, download_root, not_found
 from kdistill.data.registry import DatasetSplits, register_dataset
 from kdistill.data.transforms import tensor_splits
@@ -74,9 +76,59 @@ CIFAR: dict[str, CifarSpec] = {
 }
 
 
+class BatchFileError(DatasetNotFoundError):
+    """A CIFAR batch file is unreadable or names a global that genuine batches never hold (refused: it could run code).
+
+    A :class:`DatasetNotFoundError`, so the CLI reports it as it reports missing files: get genuine files."""
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as Python 3 protocol-2 pickles use it for bytes, limited to latin1."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode(.., {encoding!r}): only latin1 text is allowed")
+    return text.encode("latin1")
+
+
+_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's array-unpickling helper, whatever module holds it
+ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # numpy 1 spelling: the official archives
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # numpy 2 spelling: batches re-saved since
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,  # bytes in protocol-2 pickles written by Python 3
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Resolves only :data:`ALLOWED_GLOBALS`: the batches hold dicts, lists, strings and numpy arrays."""
+
+    def __init__(self, handle: Any, path: Path) -> None:
+        super().__init__(handle, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in ALLOWED_GLOBALS:
+            return ALLOWED_GLOBALS[(module, name)]
+        raise BatchFileError(
+            f"{self.path}: refused to load the global {module}.{name}: CIFAR python batches hold only dicts, lists, "
+            f"strings and numpy arrays, so this file is not a genuine batch and unpickling it could run code. "
+            f"Delete it and download the archive again (https://www.cs.toronto.edu/~kriz/cifar.html)."
+        )
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     with open(path, "rb") as handle:
-        entry = pickle.load(handle, encoding="bytes")
+        try:
+            entry = _BatchUnpickler(handle, path).load()
+        except BatchFileError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a corrupt or crafted pickle raises many kinds
+            raise BatchFileError(
+                f"{path} could not be read ({type(error).__name__}: {error}); it is corrupt or not a CIFAR batch. "
+                f"Delete it and download the archive again (https://www.cs.toronto.edu/~kriz/cifar.html)."
+            ) from None
+    if not isinstance(entry, dict):
+        raise TypeError(f"{path}: expected a dict of batch entries, found {type(entry).__name__}; is it a CIFAR batch?")
     return {(key.decode() if isinstance(key, bytes) else key): value for key, value in entry.items()}
 
 
@@ -110,8 +162,10 @@ def _find(config: DataConfig, spec: CifarSpec) -> Path:
         candidates,
         [f"{folder}/{name}" for name in required],
         [
-            f"--set data.download=true   (torchvision.datasets.{spec['torchvision']} downloads {spec['archive']} "
-            f"to data.root or ~/.cache/kdistill)",
+            (
+                f"--set data.download=true   (torchvision.datasets.{spec['torchvision']} downloads {spec['archive']} "
+                f"to data.root or ~/.cache/kdistill)"
+            ),
             f"download and untar {spec['archive']}, then --set data.root=DIR   (DIR/{folder}/...)",
         ],
     )

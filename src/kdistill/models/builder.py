@@ -4,8 +4,9 @@
 - ``<prefix>:<name>`` (``timm:resnetv2_50x1_bit``, ``torchvision:resnet18``): adapters registered
   with ``@register_model_source(prefix)``;
 - ``checkpoint``: weights loaded after building (a kdistill run directory or checkpoint, a plain
-  state dict, or a ``.safetensors`` file), verified against ``sha256`` when given. A kdistill
-  checkpoint also records the architecture, so ``name`` may be left empty.
+  state dict, or a ``.safetensors`` file), verified against ``sha256`` when given; ``checkpoint_key``
+  picks one model's keys from a composite checkpoint. A kdistill checkpoint also records the
+  architecture, so ``name`` may be left empty.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def build_model(
 ) -> TappedModel:
     """Build (and optionally load) the model described by ``config``."""
     name, kwargs = config.name, dict(config.kwargs)
+    if config.checkpoint_key is not None and config.checkpoint is None:
+        raise ConfigError(
+            f"{where}.checkpoint_key is set without {where}.checkpoint; give the checkpoint to take it from"
+        )
     if not name:
         if config.checkpoint is None:
             raise ConfigError(
@@ -61,5 +66,5 @@ def build_model(
         model = _call_builder(builder, where, num_classes, input_shape, **kwargs)
     model.kdistill_spec = {"name": name, "kwargs": kwargs}  # recorded in exported checkpoints
     if config.checkpoint is not None:
-        load_weights(model, config.checkpoint, sha256=config.sha256, where=where)
+        load_weights(model, config.checkpoint, sha256=config.sha256, where=where, checkpoint_key=config.checkpoint_key)
     return model
