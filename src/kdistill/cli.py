@@ -1,4 +1,4 @@
-"""Command line: ``kdistill train | distill | tune | eval | demo | report | models | datasets | methods``."""
+"""Command line: ``kdistill train | distill | tune | eval | demo | report | compare | models | datasets | methods``."""
 
 from __future__ import annotations
 
@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--plot", metavar="METRIC", help="also plot this metrics.jsonl column per epoch (e.g. test_acc)")
     report.add_argument("--out", default="report.png", help="plot file (default report.png)")
 
+    compare = commands.add_parser("compare", help="compression report: teacher vs student parameters, FLOPs, CPU latency, size, accuracy",
+                                  description="For each distillation run directory, measure its deployable student and its teacher(s) "
+                                  "(parameters, FLOPs per image, CPU latency at batch 1 and throughput at batch 64, file size) next to "
+                                  "test accuracy and agreement from summary.json; print the table and write compression.md/.csv/.json/.png. "
+                                  "Runs sharing a teacher list it once. Relative teacher paths are read from the current directory.")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="distillation run directories (config.yaml, summary.json, student.pt)")
+    compare.add_argument("--out", default="compression", metavar="DIR", help="directory for compression.{md,csv,json,png} (default ./compression)")
+    compare.add_argument("--repeats", type=int, default=30, metavar="N", help="timed calls at batch 1; the median is reported (default 30)")
+    compare.add_argument("--batch-repeats", type=int, default=10, metavar="N", help="timed calls at batch 64 for throughput (default 10)")
+
     models = commands.add_parser("models", help="list the model zoo (name, family, parameters, source)")
     models.add_argument("--num-classes", type=int, default=100, help="classes for the parameter count (default 100)")
     models.add_argument("--input-shape", default="3,32,32", help="C,H,W for the parameter count (default 3,32,32)")
@@ -132,6 +142,15 @@ def _tune(args: argparse.Namespace) -> int:
     table = [[f"{r['lr']:g}", r["epochs"], r["trials"], f"{r['val_acc_mean']:.2f} ± {r['val_acc_std']:.2f}", f"{r['test_acc_mean']:.2f}"] for r in rows]
     print(markdown_table(["lr", "epochs", "trials", "best val acc", "test acc (last epoch, not used to choose)"], table))
     print(f"best: lr {rows[0]['lr']:g}, {rows[0]['epochs']} epochs ({rows[0]['runs'][0]})")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from kdistill.report.compression import SpeedSettings, compare_runs
+
+    report = compare_runs(args.runs, args.out, SpeedSettings(repeats=args.repeats, batch_repeats=args.batch_repeats))
+    print(report.markdown)
+    print(f"\nwritten: {', '.join(str(path) for path in report.files.values())}")
     return 0
 
 
@@ -201,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.plot:
                 print(f"plot: {plot_metric(args.runs, args.plot, Path(args.out))}")
             return 0
+        if args.command == "compare":
+            return _compare(args)
         if args.command == "models":
             return _list_models(args)
         if args.command == "datasets":
