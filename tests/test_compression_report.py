@@ -116,10 +116,17 @@ def test_plot_has_one_labelled_point_per_model_and_a_distinct_teacher(report):
     assert report.files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_prints_the_table(student_runs, tmp_path, capsys):
-    assert main(["compare", student_runs[0], "--out", str(tmp_path), "--repeats", "3", "--batch-repeats", "2"]) == 0
+def test_cli_prints_the_table_timed_with_the_requested_threads(student_runs, tmp_path, capsys):
+    threads_before = torch.get_num_threads()
+    command = ["compare", student_runs[0], "--out", str(tmp_path), "--repeats", "3", "--batch-repeats", "2"]
+    assert main([*command, "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "| model" in printed and "| teacher" in printed and "kd_mlp32" in printed and "speed-up x" in printed
+    assert (
+        printed.startswith("CPU, 1 thread(s)")
+        and json.loads((tmp_path / "compression.json").read_text())["threads"] == 1
+    )
+    assert torch.get_num_threads() == threads_before  # the caller's setting is restored
     assert (tmp_path / "compression.png").is_file()
 
 

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default="compression", metavar="DIR", help="directory for compression.{md,csv,json,png} (default ./compression)")
     compare.add_argument("--repeats", type=int, default=30, metavar="N", help="timed calls at batch 1; the median is reported (default 30)")
     compare.add_argument("--batch-repeats", type=int, default=10, metavar="N", help="timed calls at batch 64 for throughput (default 10)")
+    compare.add_argument("--threads", type=int, metavar="N", help="torch CPU threads while timing (default: torch.get_num_threads(); 1 is steadiest on a shared machine)")
 
     models = commands.add_parser("models", help="list the model zoo (name, family, parameters, source)")
     models.add_argument("--num-classes", type=int, default=100, help="classes for the parameter count (default 100)")
@@ -148,7 +149,7 @@ def _tune(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from kdistill.report.compression import SpeedSettings, compare_runs
 
-    report = compare_runs(args.runs, args.out, SpeedSettings(repeats=args.repeats, batch_repeats=args.batch_repeats))
+    report = compare_runs(args.runs, args.out, SpeedSettings(repeats=args.repeats, batch_repeats=args.batch_repeats, threads=args.threads))
     print(report.markdown)
     print(f"\nwritten: {', '.join(str(path) for path in report.files.values())}")
     return 0

@@ -8,7 +8,7 @@ student (``load_student(<run>/student.pt)``) and its teacher(s) (built from the 
 - FLOPs per image, counted by ``torch.utils.flop_counter.FlopCounterMode`` on one input of the run's
   shape (its convention: 2 FLOPs per multiply-add, so ``nn.Linear(64, 32)`` is 2 * 64 * 32);
 - CPU latency per image at batch 1 and throughput at batch 64: warm-up, then the median of repeats,
-  under ``torch.inference_mode`` with ``torch.get_num_threads()`` threads;
+  under ``torch.inference_mode`` with ``torch.get_num_threads()`` threads (or ``SpeedSettings.threads``);
 - the size of ``student.pt`` and of the teacher's checkpoint file;
 - test accuracy and teacher agreement from ``summary.json``;
 - compression x = teacher parameters / student parameters and speed-up x = teacher latency / student
@@ -20,13 +20,14 @@ and an accuracy-vs-latency plot ``compression.png``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class SpeedSettings:
     repeats: int = 30  # at batch 1
     batch_repeats: int = 10  # at batch THROUGHPUT_BATCH
     warmup: int = 5
+    threads: int | None = None  # torch CPU threads while measuring; None keeps torch.get_num_threads()
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.batch_repeats < 1 or self.warmup < 0:
@@ -64,6 +66,8 @@ class SpeedSettings:
                 f"timing needs at least 1 repeat at each batch size and warmup >= 0, got repeats={self.repeats}, "
                 f"batch_repeats={self.batch_repeats}, warmup={self.warmup}"
             )
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
 
 
 @dataclass
@@ -351,6 +355,18 @@ def write_csv(rows: list[dict[str, Any]], path: Path, threads: int) -> None:
             writer.writerow({**row, "teachers": ";".join(row["teachers"]), "threads": threads})
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (None: unchanged), then restore the count."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 @dataclass
 class CompressionReport:
     markdown: str
@@ -365,15 +381,16 @@ def compare_runs(
     """Measure every run's student and teacher(s) and write compression.{md,csv,json,png} to ``out_dir``."""
     settings = settings or SpeedSettings()
     entries = collect_entries(run_dirs)
-    threads = torch.get_num_threads()
-    rows = add_ratios([measure_entry(entry, settings) for entry in entries])
+    with torch_threads(settings.threads):
+        threads = torch.get_num_threads()
+        rows = add_ratios([measure_entry(entry, settings) for entry in entries])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {kind: out / f"compression.{kind}" for kind in ("md", "csv", "json", "png")}
     markdown = compression_markdown(rows, settings, threads)
     files["md"].write_text(markdown + "\n")
     write_csv(rows, files["csv"], threads)
-    metadata = {"device": "cpu", "threads": threads, "throughput_batch": THROUGHPUT_BATCH, **vars(settings)}
+    metadata = {"device": "cpu", "throughput_batch": THROUGHPUT_BATCH, **vars(settings), "threads": threads}
     files["json"].write_text(json.dumps({**metadata, "rows": rows}, indent=2) + "\n")
     figure = plot_compression(rows, files["png"], threads)
     return CompressionReport(markdown, rows, figure, files)
