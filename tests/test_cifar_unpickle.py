@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from kdistill.config import DataConfig
-from kdistill.data import DatasetNotFoundError, build_data
+from kdistill.contracts import DatasetNotFoundError
+from kdistill.data import build_data
 from kdistill.data.cifar import CIFAR
 
 

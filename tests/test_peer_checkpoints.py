@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from kdistill.config import ModelConfig
+from kdistill.contracts import CheckpointError
 from kdistill.models import build_model
-from kdistill.models.loading import CheckpointError, load_weights, read_checkpoint
+from kdistill.models.loading import load_weights, read_checkpoint
 
 SHAPE = (3, 32, 32)
 

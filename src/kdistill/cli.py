@@ -1,4 +1,4 @@
-"""Command line: ``kdistill train | distill | tune | eval | demo | report | models | datasets | methods``."""
+"""Command line: ``kdistill train | distill | tune | eval | demo | report | compare | models | datasets | methods``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from kdistill.contracts import (
 from kdistill.data import DATASET_INFO, build_data
 from kdistill.methods import METHODS
 from kdistill.models.catalog import model_catalog
+from kdistill.report.compression import SpeedSettings, compare_runs
 from kdistill.report.tables import markdown_table, plot_metric, runs_table
 from kdistill.tune import as_overrides, bit_hyperrule, lr_search
 
@@ -199,7 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
         "summary.json.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run_command, _add_tune_command, _add_eval_command, _add_demo_command, _add_report_command):
+    for add in (
+        _add_run_command,
+        _add_tune_command,
+        _add_eval_command,
+        _add_demo_command,
+        _add_report_command,
+        _add_compare_command,
+    ):
         add(commands)
     _add_listing_command(commands)
     return parser
@@ -248,6 +256,44 @@ def _tune(args: argparse.Namespace) -> int:
         markdown_table(["lr", "epochs", "trials", "best val acc", "test acc (last epoch, not used to choose)"], table)
     )
     print(f"best: lr {rows[0]['lr']:g}, {rows[0]['epochs']} epochs ({rows[0]['runs'][0]})")
+    return 0
+
+
+def _add_compare_command(commands: Subcommands) -> None:
+    """compare"""
+    compare = commands.add_parser(
+        "compare",
+        help="compression report: teacher vs student parameters, FLOPs, CPU latency, size, accuracy",
+        description="For each distillation run directory, measure its deployable student and its teacher(s) "
+        "(parameters, FLOPs per image, CPU latency at batch 1 and throughput at batch 64, file size) next to "
+        "test accuracy and agreement from summary.json; print the table and write compression.md/.csv/.json/.png. "
+        "Runs sharing a teacher list it once. Relative teacher paths are read from the current directory.",
+    )
+    compare.add_argument(
+        "runs", nargs="+", metavar="RUN", help="distillation run directories (config.yaml, summary.json, student.pt)"
+    )
+    compare.add_argument(
+        "--out", default="compression", metavar="DIR", help="directory for compression.{md,csv,json,png}"
+    )
+    compare.add_argument(
+        "--repeats", type=int, default=30, metavar="N", help="timed calls at batch 1; the median is reported"
+    )
+    compare.add_argument(
+        "--batch-repeats", type=int, default=10, metavar="N", help="timed calls at batch 64 for throughput"
+    )
+    compare.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads while timing (default: torch.get_num_threads(); 1 is steadiest on a shared machine)",
+    )
+
+
+def _compare(args: argparse.Namespace) -> int:
+    settings = SpeedSettings(repeats=args.repeats, batch_repeats=args.batch_repeats, threads=args.threads)
+    report = compare_runs(args.runs, args.out, settings)
+    print(report.markdown)
+    print(f"\nwritten: {', '.join(str(path) for path in report.files.values())}")
     return 0
 
 
@@ -332,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.plot:
                 print(f"plot: {plot_metric(args.runs, args.plot, Path(args.out))}")
             return 0
+        if args.command == "compare":
+            return _compare(args)
         if args.command == "models":
             return _list_models(args)
         if args.command == "datasets":
