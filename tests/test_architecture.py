@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("kdistill.contracts", "kdistill.registry"),
     ("kdistill.runtime",),
     ("kdistill.config",),
+    ("kdistill.checks",),
     ("kdistill.data", "kdistill.models"),
     ("kdistill.methods",),
     ("kdistill.engine",),

@@ -72,6 +72,8 @@ def run_trials(
     runner: Callable[..., dict[str, Any]] = fit,
 ) -> list[dict[str, Any]]:
     """Run ``config`` with ``trials`` consecutive seeds from ``config.seed``; runs are named ``<name>-seed<N>``."""
+    if trials < 1:
+        raise ConfigError(f"trials={trials}: at least one trial")
     summaries = []
     for seed in range(config.seed, config.seed + trials):
         trial = replace(config, [f"seed={seed}", f"name={config.name}-seed{seed}"])

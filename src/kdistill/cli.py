@@ -23,6 +23,7 @@ from kdistill.contracts import (
     TrainingInterrupted,
 )
 from kdistill.data import DATASET_INFO, build_data
+from kdistill.engine.builders import preflight
 from kdistill.methods import METHODS
 from kdistill.models.catalog import model_catalog
 from kdistill.report.compression import SpeedSettings, compare_runs
@@ -38,6 +39,17 @@ SET_HELP = (
     "--set student.kwargs='{hidden: [256]}'. Repeatable. Types are checked and unknown keys are "
     "rejected with the list of valid ones."
 )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -56,12 +68,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--trials",
-        type=int,
+        type=positive_int,
         default=1,
         help="repeat with this many consecutive seeds (runs named <name>-seed<N>) and print mean ± std (default 1)",
     )
     parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved config as YAML and exit without training"
+        "--print-config",
+        action="store_true",
+        help="check the config (every value and name), print it resolved as YAML and exit without training",
     )
 
 
@@ -104,7 +118,7 @@ def _add_tune_command(commands: Subcommands) -> None:
         nargs="+",
         help="schedule lengths to try (default: the config's train.epochs); step milestones are rescaled",
     )
-    tune.add_argument("--trials", type=int, default=1, help="seeds per point (default 1)")
+    tune.add_argument("--trials", type=positive_int, default=1, help="seeds per point (default 1)")
     tune.add_argument(
         "--bit-hyperrule",
         action="store_true",
@@ -144,7 +158,9 @@ def _add_demo_command(commands: Subcommands) -> None:
         description="Train a CNN teacher, an MLP student alone and an MLP student with Hinton KD on "
         "Fashion-MNIST, then print the comparison table (about 2-3 minutes on 2 CPU cores).",
     )
-    demo.add_argument("--trials", type=int, default=3, help="seeds per student (mean ± std over them; default 3)")
+    demo.add_argument(
+        "--trials", type=positive_int, default=3, help="seeds per student (mean ± std over them; default 3)"
+    )
     demo.add_argument("--teacher-epochs", type=int, default=4, help="epochs of the CNN teacher (default 4)")
     demo.add_argument("--student-epochs", type=int, default=10, help="epochs of each student run (default 10)")
     demo.add_argument("--temperature", type=float, default=10.0, help="KD temperature T (default 10, seed 002's best)")
@@ -214,8 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-
-    config = load_config(args.config, args.overrides)
+    config = preflight(load_config(args.config, args.overrides))
     if args.print_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False))
         return 0
@@ -230,7 +245,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-
     config = load_config(args.config, args.overrides)
     if args.bit_hyperrule:
         data = build_data(config.data, config.seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ class MethodConfig:
     """
 
     method_name: ClassVar[str] = ""
+    CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {}  # field -> the values it may take
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {}  # field -> (low, high), inclusive
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -78,6 +81,35 @@ class MethodConfig:
             self.name = own or "ce"
         elif own and self.name != own:
             raise ConfigError(f"method.name={self.name!r} does not match {type(self).__name__} (method {own!r})")
+
+    def problems(self) -> list[str]:
+        """Values out of range (keys without the ``method.`` prefix): every number finite, fields whose name
+        contains ``weight`` >= 0, ``temperature`` fields > 0, and the class's ``CHOICES`` and ``RANGES``.
+        Subclasses extend it with rules across fields (e.g. not every loss weight zero)."""
+        found = []
+        for item in dataclasses.fields(self):
+            key, value = item.name, getattr(self, item.name)
+            if key in self.CHOICES and value not in self.CHOICES[key]:
+                found.append(f"{key}={value!r}; valid: {', '.join(map(str, self.CHOICES[key]))}")
+            low, high = self.RANGES.get(key, (None, None))
+            if "weight" in key:
+                low = 0.0 if low is None else low
+            found += number_problems(key, value, low, high)
+            if "temperature" in key and isinstance(value, (int, float)) and math.isfinite(value) and value <= 0:
+                found.append(f"{key}={value} must be > 0")
+        return found
+
+
+def number_problems(where: str, value: Any, low: float | None = None, high: float | None = None) -> list[str]:
+    """A number outside [low, high] or not finite (nothing for other values)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return []
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where}={value} must be a finite number"]
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+        return [f"{where}={value} must be in {bounds}"]
+    return []
 
 
 METHOD_CONFIGS: Registry[type[MethodConfig]] = Registry("method")
@@ -290,7 +322,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data = _deep_merge(data, loaded)

@@ -10,11 +10,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdistill.checks import config_problems
 from kdistill.config import Config, ModelConfig
 from kdistill.contracts import ConfigError, DataInfo
+from kdistill.data import DATASETS
+from kdistill.data.transforms import PRESETS
 from kdistill.methods import METHODS, Method
 from kdistill.models import build_model
 from kdistill.models.loading import architecture_from_checkpoint
+from kdistill.models.registry import MODEL_SOURCES, MODELS
+from kdistill.registry import Registry
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,6 +54,49 @@ def resolve_architectures(config: Config) -> Config:
         teacher=resolve(config.teacher, "teacher") if config.teacher is not None else None,
         extra_teachers=[resolve(t, f"extra_teachers[{i}]") for i, t in enumerate(config.extra_teachers)],
     )
+
+
+def _registry_problems(config: Config) -> list[str]:
+    """Names the registries must know: dataset, augmentation preset, models, method."""
+    problems = []
+    if config.data.name and config.data.name not in DATASETS:
+        problems.append(f"data.name: {_unknown(DATASETS, config.data.name)}")
+    if config.data.augment not in PRESETS:
+        problems.append(f"data.augment: {_unknown(PRESETS, config.data.augment)}")
+    models = [("student", config.student)] + [
+        ("teacher" if i == 0 else f"extra_teachers[{i - 1}]", t) for i, t in enumerate(config.teachers())
+    ]
+    for where, model in models:
+        prefix, _, _ = model.name.partition(":")
+        registry = MODEL_SOURCES if ":" in model.name else MODELS
+        if model.name and prefix not in registry:
+            problems.append(f"{where}.name: {_unknown(registry, prefix)}")
+    if config.method.name not in METHODS:
+        problems.append(f"method.name: {_unknown(METHODS, config.method.name)}")
+    return problems
+
+
+def _unknown(registry: Registry[Any], name: str) -> str:
+    try:
+        registry.get(name)
+    except KeyError as error:
+        return str(error.args[0])
+    return ""
+
+
+def preflight(config: Config) -> Config:
+    """Every check that needs nothing built: the values (:func:`kdistill.checks.config_problems`), the names the
+    registries must know and the teacher count the method takes; all problems reported at once."""
+    problems = config_problems(config) + _registry_problems(config)
+    if config.method.name in METHODS:
+        try:
+            check_teacher_count(METHODS.get(config.method.name), len(config.teachers()))
+        except ConfigError as error:
+            problems.append(str(error))
+    if problems:
+        listing = "\n  - ".join(problems)
+        raise ConfigError(f"{len(problems)} problem(s) in the config:\n  - {listing}")
+    return config
 
 
 def method_class(config: Config) -> type[Method[Any]]:

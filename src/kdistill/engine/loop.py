@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from kdistill.config import Config
 from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput, TrainingDivergedError, TrainingInterrupted
 from kdistill.data import Data, build_data, make_loader
-from kdistill.engine.builders import autocast, build_method, resolve_architectures, resolve_device
+from kdistill.engine.builders import autocast, build_method, preflight, resolve_architectures, resolve_device
 from kdistill.engine.checkpoint import Position, checkpoint_payload, restore, save_last
 from kdistill.engine.evaluation import evaluate
 from kdistill.engine.export import save_student
@@ -265,6 +265,7 @@ def _loaders(config: Config, data: Data) -> tuple[DataLoader, dict[str, DataLoad
 def build_run(config: Config, resume: bool, overwrite: bool, trackers: TrackerFactory | None) -> RunState:
     """Device, data, method, loaders, optimizer and schedule, and the run directory (not yet restored)."""
     started = time.time()
+    preflight(config)  # every value and name checked before anything is built
     device = resolve_device(config.train.device)
     init_from_environment(device)
     if config.train.deterministic:

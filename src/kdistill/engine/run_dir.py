@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from kdistill.checks import name_problems
 from kdistill.config import Config, dump_config, load_config, to_dict
 from kdistill.contracts import ConfigError, DiskFullError
 from kdistill.runtime.distributed import is_main_process
@@ -35,7 +36,6 @@ TrackerFactory = Callable[[Path, Config], list[MetricSink]]  # (run dir, config)
 
 
 RUN_MARKER = ".kdistill-run"  # written into every run directory kdistill creates: --overwrite removes only those
-MAX_NAME_LENGTH = 200
 # keys that may change between the sessions of one run without changing what it computes
 RESUMABLE_CHANGES = {
     "track",
@@ -80,17 +80,13 @@ def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 def run_path(config: Config) -> Path:
     """``<output_dir>/<name>``, after checking that the name is one plain path component, so a run directory is
     always inside ``output_dir``, and that ``output_dir`` is not a file."""
-    name, output_dir = config.name, Path(config.output_dir)
-    problems = []
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name or Path(name).is_absolute():
-        problems.append(f"name={name!r} must be a plain directory name (no '/', not '', '.' or '..')")
-    if len(name) > MAX_NAME_LENGTH:
-        problems.append(f"name is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
+    output_dir = Path(config.output_dir)
+    problems = name_problems(config.name)
     if output_dir.exists() and not output_dir.is_dir():
         problems.append(f"output_dir={str(output_dir)!r} is a file, not a directory")
     if problems:
         raise ConfigError("; ".join(problems))
-    return output_dir / name
+    return output_dir / config.name
 
 
 def is_run_directory(path: Path) -> bool:

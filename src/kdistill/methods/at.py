@@ -36,6 +36,8 @@ class ATConfig(FeatureDistillConfig):
     weight: float = 1000.0
     p: float = 2.0
 
+    RANGES = {"p": (1e-6, None)}
+
 
 @register_method("at")
 class AT(FeatureMethod[ATConfig]):

@@ -36,6 +36,8 @@ class CEConfig(MethodConfig):
     # mixup with Beta(alpha, alpha), partner = batch rolled by one; 0 = off (BiT-HyperRule: 0.1 from 20k images)
     mixup_alpha: float = 0.0
 
+    RANGES = {"label_smoothing": (0.0, 1.0), "mixup_alpha": (0.0, 2.0)}
+
 
 @register_method("ce")
 class CrossEntropy(Method[CEConfig]):

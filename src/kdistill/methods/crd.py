@@ -116,6 +116,8 @@ class CRDConfig(FeatureDistillConfig):
     momentum: float = 0.5
     negatives_from_other_classes: bool = True
 
+    RANGES = {"embed_dim": (1, None), "num_negatives": (1, None), "momentum": (0.0, 1.0)}
+
 
 @register_method("crd")
 class CRD(FeatureMethod[CRDConfig]):

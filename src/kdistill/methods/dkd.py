@@ -63,6 +63,8 @@ class DKDConfig(MethodConfig):
     temperature: float = 4.0
     warmup_epochs: int = 20
 
+    RANGES = {"alpha": (0.0, None), "beta": (0.0, None), "warmup_epochs": (0, None)}
+
 
 @register_method("dkd")
 class DKD(Method[DKDConfig]):

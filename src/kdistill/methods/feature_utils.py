@@ -38,6 +38,12 @@ class FeatureDistillConfig(MethodConfig):
     temperature: float = 4.0
     weight: float = 1.0  # the method's own loss (beta)
 
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if not any((self.ce_weight, self.kd_weight, self.weight)):
+            found.append("ce_weight, kd_weight and weight are all 0: the student would learn nothing")
+        return found
+
 
 def require_maps(shapes: list[tuple[int, ...]], method: str, who: str) -> None:
     if any(len(shape) != 3 for shape in shapes):

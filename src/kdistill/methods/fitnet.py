@@ -61,6 +61,8 @@ class FitNetConfig(FeatureDistillConfig):
     hint_layer: int = 1
     guided_layer: int | None = None  # teacher stage (1-based); None = the same as hint_layer
 
+    RANGES = {"hint_layer": (1, None), "guided_layer": (1, None)}
+
 
 @register_method("fitnet")
 class FitNet(FeatureMethod[FitNetConfig]):

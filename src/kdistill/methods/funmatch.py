@@ -78,6 +78,22 @@ class FunMatchConfig(MethodConfig):
     crop_size: int | None = None  # output side; None = the input size
     flip: bool = True  # random left-right flip
 
+    CHOICES = {"mode": MODES, "distance": DISTANCES, "mixup_ratio": ("uniform", "beta")}
+    RANGES = {
+        "mixup_alpha": (1e-6, None),
+        "crop_area_min": (1e-6, 1.0),
+        "crop_area_max": (1e-6, 1.0),
+        "crop_aspect_min": (1e-6, None),
+        "crop_aspect_max": (1e-6, None),
+        "crop_size": (1, None),
+    }
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if self.crop_area_min > self.crop_area_max or self.crop_aspect_min > self.crop_aspect_max:
+            found.append("crop_area_min/max and crop_aspect_min/max must each satisfy min <= max")
+        return found
+
 
 def mixup_enabled(config: FunMatchConfig) -> bool:
     """Mixup is on in ``function_matching`` mode unless ``mixup`` forces it on or off."""

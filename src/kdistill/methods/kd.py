@@ -45,6 +45,12 @@ class KDConfig(MethodConfig):
     ce_weight: float = 0.1
     kd_weight: float = 0.9
 
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if not any((self.ce_weight, self.kd_weight)):
+            found.append("ce_weight and kd_weight are all 0: the student would learn nothing")
+        return found
+
 
 @register_method("kd")
 class KD(Method[KDConfig]):

@@ -82,6 +82,8 @@ class SemCKDConfig(FeatureDistillConfig):
     factor: int = 4
     batch_size: int | None = None  # None: the training batch size (data.batch_size)
 
+    RANGES = {"soft": (1e-6, None), "factor": (1, None), "batch_size": (1, None)}
+
 
 @register_method("semckd")
 class SemCKD(FeatureMethod[SemCKDConfig]):

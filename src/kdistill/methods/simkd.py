@@ -187,6 +187,9 @@ class SimKDConfig(MethodConfig):
     kd_weight: float = 0.0  # Hinton KD of the reused-classifier logits
     temperature: float = 4.0  # for loss=kl and kd_weight
 
+    CHOICES = {"loss": LOSSES, "projectors": PROJECTOR_MODES, "multi_teacher": MULTI_TEACHER_MODES}
+    RANGES = {"factor": (1, None), "multi_weight": (0.0, 1.0)}
+
 
 @register_method("simkd")
 class SimKD(Method[SimKDConfig]):

@@ -58,6 +58,8 @@ class VIDConfig(FeatureDistillConfig):
     weight: float = 1.0
     init_variance: float = 5.0
 
+    RANGES = {"init_variance": (1e-6, None)}
+
 
 @register_method("vid")
 class VID(FeatureMethod[VIDConfig]):

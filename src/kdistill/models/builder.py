@@ -31,7 +31,10 @@ def _call_builder(builder: ModelBuilder, where: str, *args: Any, **kwargs: Any) 
             raise ConfigError(
                 f"{where}.kwargs: unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}"
             )
-    return builder(*args, **kwargs)
+    try:
+        return builder(*args, **kwargs)
+    except (TypeError, ValueError) as error:  # e.g. a kwarg of the wrong type: {hidden: "big"}
+        raise ConfigError(f"{where}: could not build the model with kwargs {kwargs}: {error}") from None
 
 
 def build_model(
