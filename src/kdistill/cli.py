@@ -403,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as stopped:
         command = " ".join(["kdistill", *(argv if argv is not None else sys.argv[1:])])
         resume = command if "--resume" in command else f"{command} --resume"
-        print(f"kdistill {args.command}: {stopped}\nresume with: {resume}", file=sys.stderr)
+        hint = f"\nresume with: {resume}" if args.command in ("train", "distill") else ""
+        print(f"kdistill {args.command}: {stopped}{hint}", file=sys.stderr)
         return 128 + stopped.signal_number
     except (ConfigError, CheckpointError, DatasetNotFoundError, TrainingDivergedError, DiskFullError) as error:
         print(f"kdistill {args.command}: error: {error}", file=sys.stderr)
