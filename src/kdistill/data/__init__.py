@@ -38,6 +38,8 @@ class DatasetSplits:
     class_names: list[str] | None = None
     train_augmented: bool = False  # whether the train transform is random
     default_val_size: int = 5000  # carved from train when there is no official val split
+    mean: tuple[float, ...] | None = None  # per-channel normalisation the transforms applied
+    std: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -51,6 +53,8 @@ class Data:
     input_shape: tuple[int, int, int]
     train_augmented: bool
     class_names: list[str] | None = None
+    mean: tuple[float, ...] | None = None  # per-channel input normalisation: x = (pixel/255 - mean) / std
+    std: tuple[float, ...] | None = None
 
 
 DatasetBuilder = Callable[[DataConfig], DatasetSplits]
@@ -123,6 +127,8 @@ def build_data(config: DataConfig, seed: int) -> Data:
         input_shape=splits.input_shape,
         train_augmented=splits.train_augmented,
         class_names=splits.class_names,
+        mean=splits.mean,
+        std=splits.std,
     )
 
 
