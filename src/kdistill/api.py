@@ -69,7 +69,7 @@ def evaluate_checkpoint(
             raise ConfigError(f"{target} is not a kdistill run checkpoint; evaluate a run directory or student.pt")
         config = load_config(base=payload["config"], overrides=overrides)
         data = build_data(config.data, config.seed)
-        info = DataInfo(data.num_classes, data.input_shape, len(data.train), config.data.batch_size)  # type: ignore[arg-type]
+        info = DataInfo(data.num_classes, data.input_shape, len(data.train), config.data.batch_size, data.mean, data.std)  # type: ignore[arg-type]
         model = build_method(config, info)
         load_method_state(model, payload["method_state"])
     model = model.to(torch_device)

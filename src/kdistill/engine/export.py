@@ -29,6 +29,8 @@ def save_student(method: Method, config: Config, info: DataInfo, path: str | Pat
             "num_classes": info.num_classes,
             "input_shape": list(info.input_shape),
             "num_train": info.num_train,
+            "input_mean": list(info.input_mean) if info.input_mean is not None else None,
+            "input_std": list(info.input_std) if info.input_std is not None else None,
             "state_dict": module.state_dict(),
         },
         path,
@@ -48,7 +50,15 @@ def student_from_payload(payload: dict) -> tuple[nn.Module, Config, DataInfo]:
     from kdistill.engine.loop import build_method
 
     config = from_dict(Config, payload["config"])
-    info = DataInfo(payload["num_classes"], tuple(payload["input_shape"]), payload["num_train"], config.data.batch_size)
+    mean, std = payload.get("input_mean"), payload.get("input_std")  # absent in exports before they were recorded
+    info = DataInfo(
+        payload["num_classes"],
+        tuple(payload["input_shape"]),
+        payload["num_train"],
+        config.data.batch_size,
+        tuple(mean) if mean is not None else None,
+        tuple(std) if std is not None else None,
+    )
     method = build_method(config, info, load_weights=False)  # architecture only; weights follow
     module = method.student_for_export()
     module.load_state_dict(payload["state_dict"])

@@ -25,7 +25,7 @@ from kdistill.engine.distributed import average_gradients, init_from_environment
 from kdistill.engine.export import save_student
 from kdistill.engine.optim import build_optimizer, build_scheduler
 from kdistill.methods import METHODS, DataInfo, Method
-from kdistill.models import build_model
+from kdistill.models import InputSpec, build_model
 from kdistill.models.loading import CHECKPOINT_KIND, architecture_from_checkpoint, read_checkpoint
 from kdistill.report.accounting import parameter_report
 from kdistill.track import RunDir
@@ -87,16 +87,22 @@ def build_method(config: Config, info: DataInfo, load_weights: bool = True) -> M
             f"method {method_cls.name!r} takes at most {method_cls.max_teachers} teacher(s), the config gives "
             f"{len(teacher_configs)}" + ("; use `kdistill distill` for distillation" if method_cls.max_teachers == 0 else "")
         )
-    student_config = config.student if load_weights else dataclass_replace(config.student, checkpoint=None, pretrained=False)
-    student = build_model(student_config, info.num_classes, info.input_shape, where="student")
+    normalization = InputSpec(info.input_mean, info.input_std) if info.input_mean and info.input_std else None
+
+    def build(model_config: ModelConfig, where: str) -> nn.Module:
+        if load_weights:
+            return build_model(model_config, info.num_classes, info.input_shape, where, normalization)
+        # architecture only; the input adapter still follows whether the configured weights were pretrained
+        bare = dataclass_replace(model_config, checkpoint=None, pretrained=False)
+        return build_model(bare, info.num_classes, info.input_shape, where, normalization, model_config.pretrained)
+
+    student = build(config.student, "student")
     teachers = []
     for i, teacher_config in enumerate(teacher_configs):
         where = "teacher" if i == 0 else f"extra_teachers[{i - 1}]"
-        if not load_weights:
-            teacher_config = dataclass_replace(teacher_config, checkpoint=None, pretrained=False)
-        elif teacher_config.checkpoint is None and not teacher_config.pretrained:
+        if load_weights and teacher_config.checkpoint is None and not teacher_config.pretrained:
             raise ConfigError(f"{where}: a teacher needs trained weights: set {where}.checkpoint (or pretrained: true)")
-        teachers.append(build_model(teacher_config, info.num_classes, info.input_shape, where=where))
+        teachers.append(build(teacher_config, where))
     return method_cls(student, teachers, config.method, info)
 
 
@@ -292,7 +298,7 @@ def fit(
     config = resolve_architectures(config)
     seed_everything(config.seed)
     data = build_data(config.data, config.seed)
-    info = DataInfo(data.num_classes, data.input_shape, len(data.train), config.data.batch_size)  # type: ignore[arg-type]
+    info = DataInfo(data.num_classes, data.input_shape, len(data.train), config.data.batch_size, data.mean, data.std)  # type: ignore[arg-type]
     method = build_method(config, info).to(device)
     if config.train.channels_last:
         method = method.to(memory_format=torch.channels_last)

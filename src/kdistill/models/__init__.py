@@ -10,6 +10,11 @@
   checkpoint also records the architecture, so ``name`` may be left empty.
 
 Every builder has the signature ``builder(num_classes, input_shape, **kwargs)``.
+
+Pretrained outside models see their own input normalisation: with ``input_normalization`` (the data's
+mean/std) and weights that come from the library's pretraining (``pretrained: true``, or a kdistill
+checkpoint whose model was, recorded as ``pretrained_inputs`` in its spec), the model is wrapped in a
+:class:`kdistill.models.input_adapter.InputAdapter` where its expected mean/std/size differ.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import inspect
 from typing import Callable
 
 from kdistill.config import ConfigError, ModelConfig
+from kdistill.models.input_adapter import InputSpec, expected_input, with_input_adapter
 from kdistill.models.taps import Features, FeatureShapes, TappedModel, count_parameters, feature_shapes
 from kdistill.registry import Registry, import_submodules
 
@@ -57,10 +63,20 @@ def _call_builder(builder: ModelBuilder, where: str, *args, **kwargs) -> TappedM
 
 
 def build_model(
-    config: ModelConfig, num_classes: int, input_shape: tuple[int, int, int], where: str = "model"
+    config: ModelConfig,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    where: str = "model",
+    input_normalization: InputSpec | None = None,
+    pretrained_inputs: bool | None = None,
 ) -> TappedModel:
-    """Build (and optionally load) the model described by ``config``."""
-    from kdistill.models.loading import architecture_from_checkpoint, load_weights
+    """Build (and optionally load) the model described by ``config``.
+
+    ``input_normalization``: the mean/std the data was normalised with (None: unknown, no adapter).
+    ``pretrained_inputs``: whether the weights expect the library's pretrained normalisation; default:
+    ``config.pretrained`` or what ``config.checkpoint`` records (pass it when rebuilding without weights).
+    """
+    from kdistill.models.loading import architecture_from_checkpoint, load_weights, records_pretrained_inputs
 
     name, kwargs = config.name, dict(config.kwargs)
     if not name:
@@ -82,7 +98,14 @@ def build_model(
         if config.pretrained:
             raise ConfigError(f"{where}: zoo model {name!r} has no pretrained weights; use `checkpoint:` instead")
         model = _call_builder(builder, where, num_classes, input_shape, **kwargs)
-    model.kdistill_spec = {"name": name, "kwargs": kwargs}  # recorded in exported checkpoints
+    spec: dict = {"name": name, "kwargs": kwargs}  # recorded in exported checkpoints
+    if expected_input(model) is not None:
+        if pretrained_inputs is None:
+            pretrained_inputs = config.pretrained or (config.checkpoint is not None and records_pretrained_inputs(config.checkpoint))
+        if pretrained_inputs:
+            spec["pretrained_inputs"] = True
+            model = with_input_adapter(model, input_normalization, input_shape)
+    model.kdistill_spec = spec
     if config.checkpoint is not None:
         load_weights(model, config.checkpoint, sha256=config.sha256, where=where)
     return model
@@ -93,6 +116,7 @@ import_submodules(__name__, __path__)
 __all__ = [
     "Features",
     "FeatureShapes",
+    "InputSpec",
     "TappedModel",
     "MODELS",
     "build_model",
