@@ -1,4 +1,4 @@
-"""Command line: ``kdistill train | distill | tune | eval | demo | report | models | datasets | methods``."""
+"""Command line: ``kdistill train | distill | tune | eval | export | demo | report | models | datasets | methods``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run directory of the same name first")
     parser.add_argument("--trials", type=int, default=1, help="repeat with this many consecutive seeds (runs named <name>-seed<N>) and print mean ± std (default 1)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit without training")
+
+
+def _add_export_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`kdistill export RUN --format ...`."""
+    export = commands.add_parser("export", help="write a run's student as TorchScript, ONNX or safetensors and check parity",
+                                 description="Export <run>/student.pt (for SimKD: encoder + projector + the teacher's classifier) to "
+                                 "<run>/export/student.{pt,onnx,safetensors} with student.json (classes, input shape, normalisation), then "
+                                 "compare the export's logits with the PyTorch student's on the first test images of the run's dataset "
+                                 "(written to <run>/export/parity_<format>.json). ONNX needs pip install 'kdistill[export]'.")
+    export.add_argument("run", help="run directory (with student.pt)")
+    export.add_argument("--format", "-f", required=True, choices=["torchscript", "onnx", "safetensors"], help="artifact format")
+    export.add_argument("--output", "-o", help="artifact path (default <run>/export/student.<ext>); the metadata goes next to it as <stem>.json")
+    export.add_argument("--parity-samples", type=int, default=256, help="test images for the parity check (default 256)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
     evaluate.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the run's data settings, e.g. --set data.root=/data")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+    _add_export_parser(commands)
 
     demo = commands.add_parser("demo", help="seed 002's story on Fashion-MNIST: teacher CNN, MLP alone, MLP + KD, table",
                                description="Train a CNN teacher, an MLP student alone and an MLP student with Hinton KD on "
@@ -135,6 +150,17 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from kdistill.deploy import export_run
+
+    parity = export_run(args.run, args.format, args.output, args.parity_samples)
+    print(f"exported {parity['file']} ({parity['bytes']:,} bytes); metadata {parity['metadata']}")
+    print(f"parity on {parity['samples']} test images: max abs logit diff {parity['max_abs_diff']:.3g}, "
+          f"top-1 agreement {parity['top1_agreement']:.2f}% (accuracy {parity['accuracy_pytorch']:.2f}% PyTorch, "
+          f"{parity['accuracy_export']:.2f}% export)")
+    return 0
+
+
 def _list_models(args: argparse.Namespace) -> int:
     from kdistill.models.catalog import model_catalog
     from kdistill.report.tables import markdown_table
@@ -188,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(api.evaluate_checkpoint(args.checkpoint, args.split, args.overrides, args.device), indent=2))
             return 0
+        if args.command == "export":
+            return _export(args)
         if args.command == "demo":
             from kdistill import api
 

@@ -64,6 +64,9 @@ def _same(first: tuple[float, ...], second: tuple[float, ...]) -> bool:
 class InputAdapter(TappedModel):
     """``model`` applied to dataset-normalised inputs: renormalised (and resized) to what ``model`` expects."""
 
+    scale: Tensor  # (1, C, 1, 1) std_d / std_m
+    shift: Tensor  # (1, C, 1, 1) (mean_d - mean_m) / std_m
+
     def __init__(self, model: TappedModel, data: InputSpec, expected: InputSpec, channels: int) -> None:
         super().__init__()
         self.wrapped = model
