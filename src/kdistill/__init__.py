@@ -5,6 +5,6 @@ read); the operations are in :mod:`kdistill.api`, the command line in :mod:`kdis
 """
 
 from kdistill import data, methods, models  # registrations
+from kdistill.contracts import VERSION as __version__
 
-__version__ = "0.1.0"
 __all__ = ["__version__", "data", "methods", "models"]

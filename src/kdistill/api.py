@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.config import Config, load_config, replace
-from kdistill.contracts import ConfigError, DataInfo
-from kdistill.data import build_data, make_loader
+from kdistill.contracts import ConfigError
+from kdistill.data import build_data, data_info, make_loader
 from kdistill.engine import loop
 from kdistill.engine.builders import build_method, load_method_state, method_class, resolve_device
 from kdistill.engine.evaluation import evaluate
@@ -102,8 +102,7 @@ def evaluate_checkpoint(
             raise ConfigError(f"{target} is not a kdistill run checkpoint; evaluate a run directory or student.pt")
         config = load_config(base=payload["config"], overrides=overrides)
         data = build_data(config.data, config.seed)
-        info = DataInfo(data.num_classes, data.input_shape, len(data.train), config.data.batch_size)  # type: ignore[arg-type]
-        model = build_method(config, info)
+        model = build_method(config, data_info(data, config.data.batch_size))
         load_method_state(model, payload["method_state"])
     model = model.to(torch_device)
     dataset = {"train": data.train, "val": data.val, "test": data.test}.get(split)

@@ -1,4 +1,5 @@
-"""Command line: ``kdistill train | distill | tune | eval | demo | report | compare | models | datasets | methods``."""
+"""Command line: ``kdistill train | distill | tune | eval | export | demo | report | compare | models | datasets |
+methods``."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from kdistill.contracts import (
     TrainingInterrupted,
 )
 from kdistill.data import DATASET_INFO, build_data
+from kdistill.deploy import FORMATS, export_run
 from kdistill.engine.builders import preflight
 from kdistill.methods import METHODS
 from kdistill.models.catalog import model_catalog
@@ -150,6 +152,28 @@ def _add_eval_command(commands: Subcommands) -> None:
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
 
 
+def _add_export_command(commands: Subcommands) -> None:
+    """export"""
+    export = commands.add_parser(
+        "export",
+        help="write a run's student as TorchScript, ONNX or safetensors and check parity",
+        description="Export <run>/student.pt (for SimKD: encoder + projector + the teacher's classifier) to "
+        "<run>/export/student.{pt,onnx,safetensors} with student.json (classes, input shape, normalisation), then "
+        "compare the export's logits with the PyTorch student's on the first test images of the run's dataset "
+        "(written to <run>/export/parity_<format>.json). ONNX needs pip install 'kdistill[export]'.",
+    )
+    export.add_argument("run", help="run directory (with student.pt)")
+    export.add_argument("--format", "-f", required=True, choices=list(FORMATS), help="artifact format")
+    export.add_argument(
+        "--output",
+        "-o",
+        help="artifact path (default <run>/export/student.<ext>); the metadata goes next to it as <stem>.json",
+    )
+    export.add_argument(
+        "--parity-samples", type=int, default=256, help="test images for the parity check (default 256)"
+    )
+
+
 def _add_demo_command(commands: Subcommands) -> None:
     """demo"""
     demo = commands.add_parser(
@@ -220,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_command,
         _add_tune_command,
         _add_eval_command,
+        _add_export_command,
         _add_demo_command,
         _add_report_command,
         _add_compare_command,
@@ -311,6 +336,17 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    parity = export_run(args.run, args.format, args.output, args.parity_samples)
+    print(f"exported {parity['file']} ({parity['bytes']:,} bytes); metadata {parity['metadata']}")
+    print(
+        f"parity on {parity['samples']} test images: max abs logit diff {parity['max_abs_diff']:.3g}, "
+        f"top-1 agreement {parity['top1_agreement']:.2f}% (accuracy {parity['accuracy_pytorch']:.2f}% PyTorch, "
+        f"{parity['accuracy_export']:.2f}% export)"
+    )
+    return 0
+
+
 def _list_models(args: argparse.Namespace) -> int:
 
     try:
@@ -375,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps(api.evaluate_checkpoint(args.checkpoint, args.split, args.overrides, args.device), indent=2)
             )
             return 0
+        if args.command == "export":
+            return _export(args)
         if args.command == "demo":
             api.demo(
                 args.output_dir,

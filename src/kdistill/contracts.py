@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+VERSION = "0.1.0"  # kdistill's version (pyproject.toml), recorded in exports; the package hands it on as __version__
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -50,6 +52,8 @@ class DataInfo:
     input_shape: tuple[int, int, int]  # (C, H, W) of one training input
     num_train: int  # size of the training set (CRD's memory bank, sample indices)
     batch_size: int = 0  # training batch per process (SemCKD's attention width); 0 = unknown
+    input_mean: tuple[float, ...] | None = None  # the data's per-channel normalisation (None: unknown)
+    input_std: tuple[float, ...] | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from kdistill.contracts import DatasetNotFoundError
 from kdistill.data import cifar, emnist, flowers102, food101, imagefolder, mnist_like, pets  # registrations
 from kdistill.data.loaders import EpochSampler, collate, make_loader
 from kdistill.data.registry import DATASET_INFO, DATASETS, Data, DatasetSplits, register_dataset
-from kdistill.data.splits import Indexed, build_data, seeded_permutation
+from kdistill.data.splits import Indexed, build_data, data_info, seeded_permutation
 
 __all__ = [
     "DATASETS",
@@ -23,6 +23,7 @@ __all__ = [
     "Indexed",
     "build_data",
     "collate",
+    "data_info",
     "make_loader",
     "register_dataset",
     "seeded_permutation",

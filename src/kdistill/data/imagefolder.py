@@ -195,6 +195,8 @@ def file_splits(
         class_names=class_names,
         train_augmented=augmented,
         default_val_size=default_val_size if default_val_size is not None else max(1, len(train[0]) // 10),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
     )
 
 

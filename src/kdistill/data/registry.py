@@ -24,6 +24,8 @@ class DatasetSplits:
     class_names: list[str] | None = None
     train_augmented: bool = False  # whether the train transform is random
     default_val_size: int = 5000  # carved from train when there is no official val split
+    mean: tuple[float, ...] | None = None  # per-channel normalisation the transforms applied
+    std: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Data:
     input_shape: tuple[int, int, int]
     train_augmented: bool
     class_names: list[str] | None = None
+    mean: tuple[float, ...] | None = None  # per-channel input normalisation: x = (pixel/255 - mean) / std
+    std: tuple[float, ...] | None = None
 
 
 DatasetBuilder = Callable[[DataConfig], DatasetSplits]

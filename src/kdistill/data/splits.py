@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from kdistill.config import DataConfig
-from kdistill.contracts import ConfigError
+from kdistill.contracts import ConfigError, DataInfo
 from kdistill.data.registry import DATASETS, Data
 
 
@@ -59,6 +59,20 @@ def build_data(config: DataConfig, seed: int) -> Data:
         input_shape=splits.input_shape,
         train_augmented=splits.train_augmented,
         class_names=splits.class_names,
+        mean=splits.mean,
+        std=splits.std,
+    )
+
+
+def data_info(data: Data, batch_size: int) -> DataInfo:
+    """What a method learns about ``data`` before training: classes, input shape and normalisation, train size."""
+    return DataInfo(
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        num_train=len(data.train),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        input_mean=data.mean,
+        input_std=data.std,
     )
 
 

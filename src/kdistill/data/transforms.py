@@ -196,4 +196,6 @@ def tensor_splits(
         class_names=class_names,
         train_augmented=augmented,
         default_val_size=default_val_size,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
     )

@@ -16,7 +16,7 @@ from kdistill.contracts import ConfigError, DataInfo
 from kdistill.data import DATASETS
 from kdistill.data.transforms import PRESETS
 from kdistill.methods import METHODS, Method
-from kdistill.models import build_model
+from kdistill.models import InputSpec, build_model
 from kdistill.models.loading import architecture_from_checkpoint
 from kdistill.models.registry import MODEL_SOURCES, MODELS
 from kdistill.registry import Registry
@@ -129,21 +129,24 @@ def build_method(config: Config, info: DataInfo, load_weights: bool = True) -> M
     method_cls = method_class(config)
     teacher_configs = config.teachers()
     check_teacher_count(method_cls, len(teacher_configs))
-    student_config = config.student if load_weights else _architecture_only(config.student)
-    student = build_model(student_config, info.num_classes, info.input_shape, where="student")
+    student = _build_one(config.student, info, "student", load_weights)
     teachers: list[nn.Module] = []
     for i, teacher_config in enumerate(teacher_configs):
         where = "teacher" if i == 0 else f"extra_teachers[{i - 1}]"
-        if not load_weights:
-            teacher_config = _architecture_only(teacher_config)
-        elif teacher_config.checkpoint is None and not teacher_config.pretrained:
+        if load_weights and teacher_config.checkpoint is None and not teacher_config.pretrained:
             raise ConfigError(f"{where}: a teacher needs trained weights: set {where}.checkpoint (or pretrained: true)")
-        teachers.append(build_model(teacher_config, info.num_classes, info.input_shape, where=where))
+        teachers.append(_build_one(teacher_config, info, where, load_weights))
     return method_cls(student, teachers, config.method, info)
 
 
-def _architecture_only(model: ModelConfig) -> ModelConfig:
-    return dataclass_replace(model, checkpoint=None, pretrained=False)
+def _build_one(model: ModelConfig, info: DataInfo, where: str, load_weights: bool) -> nn.Module:
+    """One model for the data ``info`` describes; its input adapter (if any) follows the configured weights
+    even when ``load_weights=False`` builds the architecture only."""
+    normalization = InputSpec(info.input_mean, info.input_std) if info.input_mean and info.input_std else None
+    if load_weights:
+        return build_model(model, info.num_classes, info.input_shape, where, normalization)
+    bare = dataclass_replace(model, checkpoint=None, pretrained=False)
+    return build_model(bare, info.num_classes, info.input_shape, where, normalization, model.pretrained)
 
 
 def load_method_state(method: Method[Any], state: dict[str, Tensor]) -> None:

@@ -32,6 +32,8 @@ def save_student(method: Method[Any], config: Config, info: DataInfo, path: str 
             "num_classes": info.num_classes,
             "input_shape": list(info.input_shape),
             "num_train": info.num_train,
+            "input_mean": list(info.input_mean) if info.input_mean is not None else None,
+            "input_std": list(info.input_std) if info.input_std is not None else None,
             "state_dict": module.state_dict(),
         },
         path,
@@ -49,10 +51,15 @@ def load_student(path: str | Path) -> tuple[nn.Module, Config, DataInfo]:
 def student_from_payload(payload: dict[str, Any]) -> tuple[nn.Module, Config, DataInfo]:
     """The student of an already read ``student.pt`` payload."""
     config = from_dict(Config, payload["config"])
-    shape = tuple(payload["input_shape"])
+    mean, std = payload.get("input_mean"), payload.get("input_std")  # absent in exports before they were recorded
     info = DataInfo(
-        payload["num_classes"], shape, payload["num_train"], config.data.batch_size
-    )  # (C, H, W) as save_student wrote it
+        num_classes=payload["num_classes"],
+        input_shape=tuple(payload["input_shape"]),  # (C, H, W) as save_student wrote it
+        num_train=payload["num_train"],
+        batch_size=config.data.batch_size,
+        input_mean=tuple(mean) if mean is not None else None,
+        input_std=tuple(std) if std is not None else None,
+    )
     method = build_method(config, info, load_weights=False)  # architecture only; weights follow
     module = method.student_for_export()
     module.load_state_dict(payload["state_dict"])

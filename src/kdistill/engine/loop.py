@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from kdistill.config import Config
 from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput, TrainingDivergedError, TrainingInterrupted
-from kdistill.data import Data, build_data, make_loader
+from kdistill.data import Data, build_data, data_info, make_loader
 from kdistill.engine.builders import autocast, build_method, preflight, resolve_architectures, resolve_device
 from kdistill.engine.checkpoint import Position, checkpoint_payload, restore, save_last
 from kdistill.engine.evaluation import evaluate
@@ -273,7 +273,7 @@ def build_run(config: Config, resume: bool, overwrite: bool, trackers: TrackerFa
     config = resolve_architectures(config)
     seed_everything(config.seed)
     data = build_data(config.data, config.seed)
-    info = DataInfo(data.num_classes, data.input_shape, len(data.train), config.data.batch_size)  # type: ignore[arg-type]
+    info = data_info(data, config.data.batch_size)
     method = build_method(config, info).to(device)
     if config.train.channels_last:
         method = method.to(memory_format=torch.channels_last)

@@ -15,6 +15,7 @@ from kdistill.models import (  # registrations
     wrn,
 )
 from kdistill.models.builder import build_model
+from kdistill.models.input_adapter import InputAdapter, InputSpec
 from kdistill.models.registry import MODEL_INFO, MODEL_SOURCES, MODELS, register_model, register_model_source
 from kdistill.models.taps import Features, FeatureShapes, TappedModel, count_parameters, feature_shapes
 
@@ -24,6 +25,8 @@ __all__ = [
     "MODEL_SOURCES",
     "Features",
     "FeatureShapes",
+    "InputAdapter",
+    "InputSpec",
     "TappedModel",
     "build_model",
     "count_parameters",

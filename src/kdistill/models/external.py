@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.contracts import CheckpointError, ConfigError
+from kdistill.models.input_adapter import InputSpec
 from kdistill.models.registry import register_model_source
 from kdistill.models.taps import Features, TappedModel
 
@@ -145,6 +146,20 @@ class TimmModel(TappedModel):
 
     def classifier_head(self) -> nn.Module:
         return TimmHead(self.model)
+
+    def expected_input(self) -> InputSpec | None:
+        """The normalisation of the pretrained weights (``pretrained_cfg``), and the input size if it is fixed."""
+        config = getattr(self.model, "pretrained_cfg", None) or {}
+        if "mean" not in config or "std" not in config:
+            return None
+        size: tuple[int, int] | None = None
+        patch_embed = getattr(self.model, "patch_embed", None)
+        accepts_any = patch_embed is not None and not getattr(patch_embed, "strict_img_size", True)  # dynamic_img_size
+        if config.get("fixed_input_size") and not accepts_any:
+            built = getattr(patch_embed, "img_size", None)  # the size it was built for (img_size=...)
+            height, width = built if built is not None else config["input_size"][1:]  # (H, W)
+            size = (int(height), int(width))
+        return InputSpec(tuple(float(v) for v in config["mean"]), tuple(float(v) for v in config["std"]), size)
 
 
 @register_model_source("timm")
@@ -320,10 +335,11 @@ class TorchvisionModel(TappedModel):
 
     _extractor: nn.Module | None  # set with object.__setattr__, so it is no submodule
 
-    def __init__(self, model: nn.Module, name: str, layout: _Layout) -> None:
+    def __init__(self, model: nn.Module, name: str, layout: _Layout, input_spec: InputSpec | None = None) -> None:
         super().__init__()
         self.model = model
         self.torchvision_name = name
+        self.input_spec = input_spec  # the normalisation of the weights (pretrained or not, from the weights enum)
         self.stage_nodes = list(layout.stage_nodes)
         self.fc_path = layout.fc_path
         self._head_pre = layout.head_pre
@@ -369,6 +385,24 @@ class TorchvisionModel(TappedModel):
     def classifier_head(self) -> TorchvisionHead:
         return TorchvisionHead(self._head_pre(self.model), _get_linear(self.model, self.fc_path))
 
+    def expected_input(self) -> InputSpec | None:
+        """The normalisation of the weights' transforms (the supported CNN families take any input size)."""
+        return self.input_spec
+
+
+def _torchvision_input_spec(name: str, weights: str) -> InputSpec | None:
+    """mean/std of the ``weights`` entry's eval transforms (read from the enum: nothing is downloaded)."""
+    import torchvision
+
+    try:
+        entry = torchvision.models.get_model_weights(name)[weights]
+    except (KeyError, ValueError):
+        return None
+    transforms = entry.transforms()
+    if not hasattr(transforms, "mean") or not hasattr(transforms, "std"):
+        return None
+    return InputSpec(tuple(float(v) for v in transforms.mean), tuple(float(v) for v in transforms.std))
+
 
 @register_model_source("torchvision")
 def torchvision_model(
@@ -402,4 +436,4 @@ def torchvision_model(
     fc = _get_linear(model, layout.fc_path)
     if fc.out_features != num_classes:  # pretrained 1000-class head -> a fresh one for this dataset
         _set_module(model, layout.fc_path, nn.Linear(fc.in_features, num_classes, bias=fc.bias is not None))
-    return TorchvisionModel(model, name, layout)
+    return TorchvisionModel(model, name, layout, _torchvision_input_spec(name, weights))

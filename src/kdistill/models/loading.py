@@ -102,6 +102,13 @@ def architecture_from_checkpoint(path: str | Path, where: str = "model") -> tupl
     return spec["name"], dict(spec["kwargs"])
 
 
+def records_pretrained_inputs(path: str | Path) -> bool:
+    """Whether a kdistill checkpoint's model descends from library-pretrained weights (its spec says so)."""
+    payload = read_checkpoint(path)
+    spec = payload.get("student_spec") if isinstance(payload, dict) else None
+    return bool(spec and spec.get("pretrained_inputs"))
+
+
 def extract_state_dict(payload: Any, checkpoint_key: str | None = None) -> dict[str, torch.Tensor]:
     """The model weights inside any supported checkpoint layout.
 
