@@ -197,23 +197,23 @@ def test_stale_temp_files_of_killed_writes_are_removed(tmp_path):
 
 
 def test_sigterm_writes_a_checkpoint_and_resume_continues_from_that_step(tmp_path):
+    recipe = [*LONG, "train.epochs=8"]  # long enough that the signal lands inside an epoch on a fast machine
     straight = tmp_path / "straight"
-    fit(digits_config(tmp_path, "straight", *LONG), **QUIET)
+    fit(digits_config(tmp_path, "straight", *recipe), **QUIET)
     process = subprocess.Popen(
-        cli("train", *digits_args(tmp_path, "stopped", *LONG)), stderr=subprocess.PIPE, text=True
+        cli("train", *digits_args(tmp_path, "stopped", *recipe)), stderr=subprocess.PIPE, text=True
     )
     metrics = tmp_path / "stopped" / "metrics.jsonl"
     deadline = time.time() + 120
-    while not metrics.exists() and time.time() < deadline:  # stop it inside epoch 2
-        time.sleep(0.05)
-    time.sleep(0.3)
+    while not metrics.exists() and time.time() < deadline:  # epoch 1 is done: stop it inside epoch 2
+        time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     _, error = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, error
     assert "stopped by SIGTERM after step" in error and "--resume" in error
     checkpoint = read_checkpoint(tmp_path / "stopped" / "last.pt")
     assert checkpoint["epoch"] >= 1 and checkpoint["step_in_epoch"] > 0, "a mid-epoch checkpoint was written"
-    resumed = subprocess.run(cli("train", *digits_args(tmp_path, "stopped", *LONG), "--resume"), capture_output=True)
+    resumed = subprocess.run(cli("train", *digits_args(tmp_path, "stopped", *recipe), "--resume"), capture_output=True)
     assert resumed.returncode == 0, resumed.stderr
     assert same_weights(straight, tmp_path / "stopped")
     assert comparable_metrics(straight) == comparable_metrics(tmp_path / "stopped")
