@@ -20,23 +20,26 @@ def marker(height: int = 28, width: int = 28) -> np.ndarray:
     return image
 
 
+def digits_overrides(tmp_path, name: str, *overrides: str) -> list[str]:
+    """The ``--set`` values of a fast real-data run: digits (8x8), SGD, cosine schedule, no progress bars."""
+    return [
+        f"name={name}",
+        f"output_dir={tmp_path}",
+        "data.name=digits",
+        "data.batch_size=64",
+        "student.name=mlp",
+        "student.kwargs={hidden: [32]}",
+        "optim.lr=0.1",
+        "schedule.name=cosine",
+        "train.epochs=3",
+        "train.progress=false",
+        *overrides,
+    ]
+
+
 def digits_config(tmp_path, name: str, *overrides: str) -> Config:
-    """A fast real-data run: digits (8x8), SGD, cosine schedule, no progress bars."""
-    return load_config(
-        overrides=[
-            f"name={name}",
-            f"output_dir={tmp_path}",
-            "data.name=digits",
-            "data.batch_size=64",
-            "student.name=mlp",
-            "student.kwargs={hidden: [32]}",
-            "optim.lr=0.1",
-            "schedule.name=cosine",
-            "train.epochs=3",
-            "train.progress=false",
-            *overrides,
-        ]
-    )
+    """The config of :func:`digits_overrides`."""
+    return load_config(overrides=digits_overrides(tmp_path, name, *overrides))
 
 
 def write_cifar(root: Path, name: str, train_per_batch: int, test_count: int) -> dict:

@@ -24,7 +24,7 @@ from kdistill.models.loading import read_checkpoint
 from kdistill.runtime.io import atomic_save
 from kdistill.track import read_metrics, read_summary
 
-from helpers import digits_config
+from helpers import digits_config, digits_overrides
 
 QUIET = {"log": lambda _: None}
 LONG = ["train.epochs=3", "data.batch_size=16", "optim.lr=0.05"]  # 3 x 68 steps: room to be interrupted
@@ -36,12 +36,7 @@ def cli(*args: str) -> list[str]:
 
 def digits_args(tmp_path: Path, name: str, *extra: str) -> list[str]:
     """CLI --set arguments equal to ``digits_config(tmp_path, name, *extra)``."""
-    sets = [
-        f"name={name}", f"output_dir={tmp_path}", "data.name=digits", "data.batch_size=64", "student.name=mlp",
-        "student.kwargs={hidden: [32]}", "optim.lr=0.1", "schedule.name=cosine", "train.epochs=3",
-        "train.progress=false", *extra,
-    ]  # fmt: skip
-    return [part for value in sets for part in ("--set", value)]
+    return [part for value in digits_overrides(tmp_path, name, *extra) for part in ("--set", value)]
 
 
 def same_weights(a: Path, b: Path) -> bool:

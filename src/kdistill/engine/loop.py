@@ -146,11 +146,15 @@ def _finite_everywhere(loss: Tensor, device: torch.device) -> bool:
 
 
 def _optimisation_step(
-    method: Method[Any], batch: Batch, optimizer: Optimizer, scheduler: Scheduler, settings: EpochSettings
+    method: Method[Any],
+    batch: Batch,
+    parameters: list[nn.Parameter],
+    optimizer: Optimizer,
+    scheduler: Scheduler,
+    settings: EpochSettings,
 ) -> tuple[StepOutput, Tensor, bool]:
     """Forward (under autocast); if the loss is finite: backward, gradient averaging over ranks, clipping and the
     optimizer step. The schedule steps either way. Returns (output, loss, whether the update was applied)."""
-    parameters = method.trainable_parameters()
     with autocast(batch.inputs.device, settings.amp):
         output = method.training_step(batch)
     loss = output.loss
@@ -187,6 +191,7 @@ def train_one_epoch(
     """
     method.train()
     totals = totals or EpochTotals(device)
+    parameters = method.trainable_parameters()  # once per epoch, not per step
     steps = steps_per_epoch(loader, settings.max_steps)
     show = settings.progress and is_main_process()
     # disable=None: bars only on a terminal, so logs piped to a file stay readable
@@ -196,7 +201,7 @@ def train_one_epoch(
         if totals.step >= steps:
             break
         batch = method.augment_batch(batch.to(device, channels_last=settings.channels_last), generator)
-        output, loss, applied = _optimisation_step(method, batch, optimizer, scheduler, settings)
+        output, loss, applied = _optimisation_step(method, batch, parameters, optimizer, scheduler, settings)
         if not applied:
             if not settings.skip_nonfinite or totals.skipped >= settings.max_skipped_steps:
                 raise _diverged(epoch, totals.step, output, totals)
