@@ -163,9 +163,10 @@ class TrackConfig:
     """Optional experiment trackers, besides the run directory (always written)."""
 
     tensorboard: bool = False  # event files in <run dir>/tensorboard (pip install tensorboard)
-    mlflow: bool = False  # params, per-epoch metrics, summary (pip install 'kdistill[mlflow]')
+    mlflow: bool = False  # params, per-epoch metrics, summary, artifacts (pip install 'kdistill[mlflow]')
     mlflow_tracking_uri: str | None = None  # None: SQLite database <output_dir>/mlflow.db
     mlflow_experiment: str = "kdistill"
+    mlflow_parent_run_id: str | None = None  # the run is nested under this MLflow run (a sweep's parent run)
 
 
 @dataclass

@@ -1,38 +1,21 @@
 """Optional experiment trackers fed from the run directory's records: TensorBoard and MLflow.
 
 Each is imported only when enabled in the ``track`` config section. A resumed run continues the same
-MLflow run (its id is kept in ``<run dir>/mlflow_run_id``).
+MLflow run (its id is kept in ``<run dir>/mlflow_run_id``); see :mod:`kdistill.track.mlflow_runs`.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from kdistill.config import Config, to_dict
 from kdistill.contracts import ConfigError
 from kdistill.engine.run_dir import MetricSink
+from kdistill.track.mlflow_runs import MLflowSink
+from kdistill.track.records import flatten, numeric_metrics
 
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def numeric_metrics(record: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: float(v)
-        for k, v in record.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and k not in ("epoch", "step")
-    }
+__all__ = ["MLflowSink", "TensorBoardSink", "build_sinks", "flatten", "numeric_metrics"]
 
 
 class TensorBoardSink:
@@ -53,36 +36,6 @@ class TensorBoardSink:
 
     def finish(self, summary: dict[str, Any]) -> None:
         self.writer.close()
-
-
-class MLflowSink:
-    def __init__(self, run_path: Path, config: Config) -> None:
-        try:
-            import mlflow
-        except ImportError:
-            raise ConfigError(
-                "track.mlflow needs MLflow: pip install 'kdistill[mlflow]' (mlflow-skinny, sqlalchemy, alembic)"
-            ) from None
-        self.mlflow = mlflow
-        self.id_file = run_path / "mlflow_run_id"
-        uri = config.track.mlflow_tracking_uri or f"sqlite:///{Path(config.output_dir).resolve() / 'mlflow.db'}"
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(config.track.mlflow_experiment)
-
-    def start(self, config: Config) -> None:
-        run_id = self.id_file.read_text().strip() if self.id_file.exists() else None
-        run = self.mlflow.start_run(run_id=run_id, run_name=None if run_id else config.name)
-        if run_id is None:
-            self.id_file.write_text(run.info.run_id)
-            self.mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(config)).items()})
-            self.mlflow.set_tags({"kdistill.method": config.method.name, "kdistill.run_dir": str(self.id_file.parent)})
-
-    def log(self, record: dict[str, Any]) -> None:
-        self.mlflow.log_metrics(numeric_metrics(record), step=record["epoch"])
-
-    def finish(self, summary: dict[str, Any]) -> None:
-        self.mlflow.log_metrics({f"summary.{k}": v for k, v in numeric_metrics(summary).items()})
-        self.mlflow.end_run()
 
 
 def build_sinks(run_path: Path, config: Config) -> list[MetricSink]:
