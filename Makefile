@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv data clean
+.PHONY: demo test venv data postgres clean
 
 venv: $(VENV)/.installed
 
@@ -22,11 +22,15 @@ $(VENV)/.installed: pyproject.toml
 data:
 	@sh scripts/get-fashion-mnist.sh
 
+# PostgreSQL from Debian where apt is available: the sweep tests start a throw-away server from it.
+postgres:
+	@sh scripts/get-postgresql.sh
+
 demo: venv data
 	$(VENV)/bin/kdistill demo $(if $(wildcard $(FASHION_DIR)/train-images-idx3-ubyte.gz),,--set data.download=true) $(ARGS)
 
 # Lint, format check and type check first (seconds), then the tests.
-test: venv data
+test: venv data postgres
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy

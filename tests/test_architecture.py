@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("kdistill.track",),
     ("kdistill.report", "kdistill.deploy"),
     ("kdistill.api",),
+    ("kdistill.sweep",),
     ("kdistill.tune",),
     ("kdistill.cli",),
     ("kdistill",),  # the package itself: imports the registrations

@@ -113,20 +113,8 @@ def test_cli_train_distill_eval_report_on_digits(tmp_path, capsys):
     assert "±" in capsys.readouterr().out  # the trials table
     assert main(["eval", str(tmp_path / "s-seed1"), "--split", "val"]) == 0
     assert '"split": "val"' in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "report",
-                str(tmp_path / "s-seed0"),
-                str(tmp_path / "s-seed1"),
-                "--plot",
-                "test_acc",
-                "--out",
-                str(tmp_path / "p.png"),
-            ]
-        )
-        == 0
-    )
-    assert "| s " in capsys.readouterr().out and (tmp_path / "p.png").is_file()
+    report_args = [str(tmp_path / "s-seed0"), str(tmp_path / "s-seed1"), "--plot", "val_acc"]
+    assert main(["report", *report_args, "--out", str(tmp_path / "report")]) == 0
+    assert "| s " in capsys.readouterr().out and (tmp_path / "report" / "val_acc.png").is_file()
     assert main(["datasets"]) == 0 and "fashion_mnist" in capsys.readouterr().out
     assert main(["methods"]) == 0 and "temperature=4.0" in capsys.readouterr().out

@@ -20,10 +20,24 @@ from kdistill.engine.builders import build_method, load_method_state, method_cla
 from kdistill.engine.evaluation import evaluate
 from kdistill.engine.export import load_student, student_from_payload
 from kdistill.models.loading import STUDENT_KIND, read_checkpoint, resolve_checkpoint_path
-from kdistill.report.tables import format_mean_std, markdown_table, mean_std, plot_metric, runs_table
+from kdistill.report.batches import show_batch
+from kdistill.report.experiments import runs_table, write_report
+from kdistill.report.plots import plot_metric
+from kdistill.report.tables import format_mean_std, markdown_table, mean_std
 from kdistill.track import build_sinks
 
-__all__ = ["fit", "train", "distill", "run_trials", "evaluate_checkpoint", "demo", "load_student", "runs_table"]
+__all__ = [
+    "fit",
+    "train",
+    "distill",
+    "run_trials",
+    "evaluate_checkpoint",
+    "demo",
+    "load_student",
+    "runs_table",
+    "write_report",
+    "show_batch",
+]
 
 
 def fit(

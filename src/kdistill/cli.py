@@ -1,5 +1,5 @@
-"""Command line: ``kdistill train | distill | tune | eval | export | demo | report | compare | models | datasets |
-methods``."""
+"""Command line: ``kdistill train | distill | sweep | tune | eval | export | demo | report | show-batch | compare |
+models | datasets | methods``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from kdistill import api
-from kdistill.config import Config, load_config, replace, to_dict
+from kdistill.config import load_config, replace, to_dict
 from kdistill.contracts import (
     CheckpointError,
     ConfigError,
@@ -28,9 +27,14 @@ from kdistill.deploy import FORMATS, export_run
 from kdistill.engine.builders import preflight
 from kdistill.methods import METHODS
 from kdistill.models.catalog import model_catalog
+from kdistill.report.batches import show_batch
 from kdistill.report.compression import SpeedSettings, compare_runs
-from kdistill.report.tables import markdown_table, plot_metric, runs_table
-from kdistill.tune import as_overrides, bit_hyperrule, lr_search
+from kdistill.report.experiments import CURVES, write_report
+from kdistill.report.features import write_tsne
+from kdistill.report.tables import markdown_table
+from kdistill.sweep import SweepSpec, parse_param, run_sweep
+from kdistill.sweep.run import OBJECTIVES
+from kdistill.tune import as_overrides, bit_hyperrule, tune_spec
 
 CONFIG_HELP = (
     "YAML config file (see configs/). Every key can also be set with --set; without a file the "
@@ -105,8 +109,9 @@ def _add_tune_command(commands: Subcommands) -> None:
     tune = commands.add_parser(
         "tune",
         help="grid over learning rate and schedule length (e.g. teacher fine-tuning), ranked by validation accuracy",
-        description="Train the config at every (learning rate, epochs) point, --trials seeds each, and rank the "
-        "points by mean best validation accuracy (the test split is never used to choose). With --bit-hyperrule "
+        description="A preset of `kdistill sweep`: train the config at every (learning rate, epochs) point, --trials "
+        "seeds each, and rank the points by mean best validation accuracy (the test split is never used to choose). "
+        "Resumable like any sweep: the same command continues it. With --bit-hyperrule "
         "the optimiser, schedule, resolution and mixup first follow BiT-HyperRule for the dataset's size.",
     )
     tune.add_argument("--config", "-c", help=CONFIG_HELP)
@@ -126,7 +131,8 @@ def _add_tune_command(commands: Subcommands) -> None:
         action="store_true",
         help="apply BiT-HyperRule (SGD, warmup, step decays, mixup, resolution) sized for the dataset before the grid",
     )
-    tune.add_argument("--overwrite", action="store_true", help="replace existing run directories of the grid")
+    tune.add_argument("--out", help="sweep directory (default <output_dir>/sweeps/<name>-tune)")
+    tune.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
 
 
 def _add_eval_command(commands: Subcommands) -> None:
@@ -211,16 +217,69 @@ def _add_report_command(commands: Subcommands) -> None:
     """report"""
     report = commands.add_parser(
         "report",
-        help="table (mean ± std over seeds) and plot from run directories",
-        description="Group run directories by name (without -seedN) and print last-epoch and best-by-validation "
-        "test accuracy.",
+        help="tables (mean ± std over trials, differences to a baseline) and plots from run or sweep directories",
+        description="Read run directories (given, or found at any depth below the given directories, e.g. a sweep "
+        "directory's runs/), group them (--by config keys, default: run name without -seedN) and print one row per "
+        "group: trials, mean ± sample std of test accuracy (last epoch and at the best validation epoch), top-5, "
+        "test loss, teacher agreement and KL, parameters, pruning ratio, wall time; with --baseline the difference "
+        "of means and its standard error. Runs without summary.json (pruned, failed or interrupted) are counted, "
+        "not averaged. Writes report.md, report.csv and PNG plots (test accuracy and loss per epoch, each numeric "
+        "--by key against top-1/top-5, accuracy vs pruning ratio) into --out.",
     )
-    report.add_argument("runs", nargs="+", help="run directories")
-    report.add_argument("--baseline", help="run name (without -seedN) to compute gains against")
     report.add_argument(
-        "--plot", metavar="METRIC", help="also plot this metrics.jsonl column per epoch (e.g. test_acc)"
+        "runs", nargs="+", metavar="RUNS_OR_SWEEP_DIR", help="run directories, or directories holding them"
     )
-    report.add_argument("--out", default="report.png", help="plot file (default report.png)")
+    report.add_argument(
+        "--by",
+        metavar="KEYS",
+        help="comma-separated config keys to group by, e.g. method.loss,optim.lr (default: run name without -seedN)",
+    )
+    report.add_argument(
+        "--baseline",
+        metavar="GROUP",
+        help="a group label as printed (e.g. method.loss=l2,optim.lr=0.05, or a run name without -seedN): "
+        "differences of mean test accuracy to it, ± their standard error",
+    )
+    report.add_argument(
+        "--out",
+        metavar="DIR",
+        help="directory for report.md, report.csv and the plots (default: the sweep directory when it is the only "
+        "path given, else ./report)",
+    )
+    report.add_argument("--no-plots", action="store_true", help="write the tables only")
+    report.add_argument(
+        "--plot",
+        metavar="METRIC",
+        action="append",
+        default=[],
+        help="also plot this metrics.jsonl column per epoch (repeatable; test_acc and test_loss always are)",
+    )
+    report.add_argument(
+        "--tsne",
+        type=positive_int,
+        metavar="N",
+        help="for each run directory given (a distillation run): t-SNE of the teacher's and the student's "
+        "penultimate features on N test images, coloured by class (tsne_<run>.png)",
+    )
+
+
+def _add_show_batch_command(commands: Subcommands) -> None:
+    """show-batch"""
+    show = commands.add_parser(
+        "show-batch",
+        help="draw the first training batch as the student sees it, and the learning-rate schedule",
+        description="Build the config's training loader and method as `train`/`distill` do and draw the first "
+        "batch of --epoch after the method's batch-level augmentation (mixup, crops) with the trainer's own "
+        "per-epoch generator, de-normalised for display, labels as titles (both labels and weights for mixup that "
+        "records them). Also draws the learning rate of every optimisation step of the run (<out stem>_lr.png).",
+    )
+    show.add_argument("config", nargs="?", help=CONFIG_HELP)
+    show.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    show.add_argument(
+        "--out", "-o", default="batch.png", help="image grid (default batch.png); the schedule goes to <stem>_lr.png"
+    )
+    show.add_argument("--grid", type=positive_int, default=5, help="draw grid x grid images (default 5)")
+    show.add_argument("--epoch", type=int, default=0, help="whose first batch, 0-based (default 0)")
 
 
 def _add_listing_command(commands: Subcommands) -> None:
@@ -242,11 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
         _add_run_command,
+        _add_sweep_command,
         _add_tune_command,
         _add_eval_command,
         _add_export_command,
         _add_demo_command,
         _add_report_command,
+        _add_show_batch_command,
         _add_compare_command,
     ):
         add(commands)
@@ -277,25 +338,82 @@ def _tune(args: argparse.Namespace) -> int:
         config = replace(config, as_overrides(rule) + args.overrides)  # explicit --set values win
         print(f"BiT-HyperRule for {len(data.train)} training images: {rule}")  # type: ignore[arg-type]
 
-    def run(trial_config: Config) -> dict[str, Any]:
-        return api.train(trial_config, overwrite=args.overwrite)
+    epochs = args.epochs or [config.train.epochs]
+    result = run_sweep(tune_spec(config, args.lrs, epochs, args.trials, args.out, args.workers))
+    failed = [code for code in result.exit_codes if code != 0]
+    return failed[0] if failed else 0
 
-    rows = lr_search(config, args.lrs, args.epochs or [config.train.epochs], args.trials, fit=run)
-    table = [
-        [
-            f"{r['lr']:g}",
-            r["epochs"],
-            r["trials"],
-            f"{r['val_acc_mean']:.2f} ± {r['val_acc_std']:.2f}",
-            f"{r['test_acc_mean']:.2f}",
-        ]
-        for r in rows
-    ]
-    print(
-        markdown_table(["lr", "epochs", "trials", "best val acc", "test acc (last epoch, not used to choose)"], table)
+
+def _add_sweep_command(commands: Subcommands) -> None:
+    """sweep"""
+    sweep = commands.add_parser(
+        "sweep",
+        help="grid or Optuna search over any config keys, several seeds per point, resumable, many workers",
+        description="Run every point of a grid (or --search: Optuna TPE over ranges), --trials seeds each, and rank "
+        "the points by mean validation accuracy (never test). The sweep directory holds sweep.yaml, the study "
+        "(SQLite study.db unless --storage), runs/<point>-seed<N>/, points.md/.csv and the report grouped by the "
+        "swept keys. Run the same command again to continue a killed sweep: finished points are not repeated and "
+        "an interrupted point continues from its checkpoints. Sweeping train.epochs keeps a step schedule's "
+        "milestones at the same fractions.",
     )
-    print(f"best: lr {rows[0]['lr']:g}, {rows[0]['epochs']} epochs ({rows[0]['runs'][0]})")
-    return 0
+    sweep.add_argument("config", nargs="?", help=CONFIG_HELP)
+    sweep.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    sweep.add_argument(
+        "--param",
+        "-p",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="KEY=SPEC",
+        help="a swept key: values as YAML literals (method.temperature=1,4,10; commas inside [] stay in the value) "
+        "or, with --search, a range: loguniform:1e-3:1e-1, uniform:0:1, int:1:10, choice:a,b,c. Repeatable",
+    )
+    sweep.add_argument("--trials", type=positive_int, default=1, help="seeds per point (default 1)")
+    sweep.add_argument("--search", action="store_true", help="Optuna TPE search instead of the full grid")
+    sweep.add_argument("--n-trials", type=positive_int, default=10, help="points a --search evaluates (default 10)")
+    sweep.add_argument(
+        "--prune",
+        action="store_true",
+        help="stop a point early when its first seed's validation accuracy is below the median of earlier points "
+        "at the same epoch (Optuna MedianPruner)",
+    )
+    sweep.add_argument(
+        "--prune-startup", type=positive_int, default=2, help="points finished before pruning starts (default 2)"
+    )
+    sweep.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="final_val_acc",
+        help="what ranks the points, averaged over the seeds: last-epoch or best validation accuracy "
+        "(default final_val_acc)",
+    )
+    sweep.add_argument("--out", help="sweep directory (default <output_dir>/sweeps/<name>)")
+    sweep.add_argument(
+        "--storage",
+        metavar="URL",
+        help="database of the study, shared by every worker and machine, e.g. postgresql://user@host/db "
+        "(pip install 'kdistill[postgres]'); default SQLite <out>/study.db",
+    )
+    sweep.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
+    sweep.add_argument(
+        "--stale-minutes",
+        type=float,
+        default=30.0,
+        help="a trial of another machine without a heartbeat for this long is taken over (default 30)",
+    )
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(config.output_dir) / "sweeps" / config.name
+    spec = SweepSpec(
+        config, [parse_param(text) for text in args.params], out, trials=args.trials, search=args.search,
+        n_trials=args.n_trials, prune=args.prune, prune_startup=args.prune_startup, objective=args.objective,
+        storage=args.storage, workers=args.workers, stale_minutes=args.stale_minutes,
+    )  # fmt: skip
+    result = run_sweep(spec)
+    failed = [code for code in result.exit_codes if code != 0]
+    return failed[0] if failed else 0
 
 
 def _add_compare_command(commands: Subcommands) -> None:
@@ -333,6 +451,35 @@ def _compare(args: argparse.Namespace) -> int:
     report = compare_runs(args.runs, args.out, settings)
     print(report.markdown)
     print(f"\nwritten: {', '.join(str(path) for path in report.files.values())}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    by = [key.strip() for key in args.by.split(",") if key.strip()] if args.by else None
+    run_dirs = [Path(path) for path in args.runs if (Path(path) / "config.yaml").is_file()]
+    if args.tsne and not run_dirs:
+        raise ConfigError("--tsne draws one run's features: pass the distillation run directory itself")
+    report = write_report(args.runs, by, args.baseline, args.out, not args.no_plots, curves=[*CURVES, *args.plot])
+    print(report.markdown)
+    files = list(report.files.values())
+    for run in run_dirs if args.tsne else []:
+        files.append(write_tsne(run, report.files["md"].parent / f"tsne_{run.name}.png", args.tsne)[0].path)
+    print(f"\nwritten: {', '.join(str(path) for path in files)}")
+    return 0
+
+
+def _show_batch(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    result = show_batch(config, args.out, args.grid, args.epoch)
+    rates = result.lrs
+    print(
+        f"batch: {result.batch_plot.path} ({min(args.grid**2, len(result.shown.batch))} images of epoch {args.epoch}, "
+        f"inputs {tuple(result.shown.batch.inputs.shape)})"
+    )
+    print(
+        f"lr schedule: {result.lr_plot.path} ({len(rates)} steps, {result.shown.steps_per_epoch} per epoch; "
+        f"first {rates[0]:.4g}, max {max(rates):.4g}, last {rates[-1]:.4g})"
+    )
     return 0
 
 
@@ -404,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("train", "distill"):
             return _run(args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "tune":
             return _tune(args)
         if args.command == "eval":
@@ -426,10 +575,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if args.command == "report":
-            print(runs_table(args.runs, args.baseline))
-            if args.plot:
-                print(f"plot: {plot_metric(args.runs, args.plot, Path(args.out))}")
-            return 0
+            return _report(args)
+        if args.command == "show-batch":
+            return _show_batch(args)
         if args.command == "compare":
             return _compare(args)
         if args.command == "models":
@@ -442,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["kdistill", *(argv if argv is not None else sys.argv[1:])])
         resume = command if "--resume" in command else f"{command} --resume"
         hint = f"\nresume with: {resume}" if args.command in ("train", "distill") else ""
+        if args.command in ("sweep", "tune"):
+            hint = f"\ncontinue with the same command: {command}"
         print(f"kdistill {args.command}: {stopped}{hint}", file=sys.stderr)
         return 128 + stopped.signal_number
     except (ConfigError, CheckpointError, DatasetNotFoundError, TrainingDivergedError, DiskFullError) as error:

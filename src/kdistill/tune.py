@@ -3,7 +3,8 @@
 ``bit_hyperrule`` turns the rule of Kolesnikov et al., "Big Transfer (BiT): General Visual Representation
 Learning" (arXiv:1912.11370; google-research/big_transfer ``bit_hyperrule.py``) into kdistill config overrides.
 ``lr_search`` fine-tunes one config over a grid of learning rates and schedule lengths (seed 001's tuning
-notebook does this with Keras Tuner) and ranks the points by validation accuracy.
+notebook does this with Keras Tuner) and ranks the points by validation accuracy: a preset of
+:func:`kdistill.sweep.run_sweep`, so it is resumable and runs on several workers like any sweep.
 
 >>> from kdistill.config import load_config, replace
 >>> from kdistill.tune import bit_hyperrule, as_overrides
@@ -16,11 +17,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from kdistill import api
-from kdistill.config import Config, replace
-from kdistill.report.tables import mean_std
+from kdistill.config import Config
+from kdistill.contracts import ConfigError
+from kdistill.sweep import Param, SweepResult, SweepSpec, run_sweep
 
 BIT_BASE_LR = 0.003  # at batch size 512
 BIT_BASE_BATCH = 512
@@ -100,17 +102,29 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
-def _rescaled_milestones(config: Config, epochs: int) -> list[str]:
-    """Keep a step schedule's decays (in epochs and in steps) at the same fractions when its length changes."""
-    if config.schedule.name != "step" or epochs == config.train.epochs:
-        return []
-    scale = epochs / config.train.epochs
-    overrides = []
-    for key in ("milestones", "milestone_steps"):
-        values = getattr(config.schedule, key)
-        if values:
-            overrides.append(f"schedule.{key}={json.dumps(sorted(max(1, round(m * scale)) for m in values))}")
-    return overrides
+def tune_spec(
+    base_config: Config,
+    lrs: list[float],
+    epochs_options: list[int],
+    trials: int = 1,
+    out_dir: str | Path | None = None,
+    workers: int = 1,
+    storage: str | None = None,
+) -> SweepSpec:
+    """``kdistill tune`` as a sweep preset: the grid learning rate x schedule length, ``trials`` seeds per point,
+    ranked by the mean best validation accuracy (seed 001 tunes its teacher this way with Keras Tuner). A step
+    schedule's milestones keep their fractions when the length changes (as in every sweep over train.epochs)."""
+    if trials < 1 or not lrs or not epochs_options:
+        raise ConfigError("tune needs at least one learning rate, one schedule length and one trial")
+    params = [
+        Param("optim.lr", "values", values=tuple(float(lr) for lr in lrs)),
+        Param("train.epochs", "values", values=tuple(int(epochs) for epochs in epochs_options)),
+    ]
+    out = Path(out_dir) if out_dir is not None else Path(base_config.output_dir) / "sweeps" / f"{base_config.name}-tune"
+    return SweepSpec(
+        base_config, params, out, trials=trials, objective="best_val_acc", workers=workers, storage=storage,
+        extra={"preset": "tune"},
+    )  # fmt: skip
 
 
 def lr_search(
@@ -118,47 +132,9 @@ def lr_search(
     lrs: list[float],
     epochs_options: list[int],
     trials: int = 1,
-    fit: Callable[[Config], dict[str, Any]] = api.fit,
+    out_dir: str | Path | None = None,
+    workers: int = 1,
     log: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """Fine-tune ``base_config`` at every (learning rate, epochs) point, ``trials`` seeds each, and rank the
-    points by mean best validation accuracy (highest first).
-
-    Each run is named ``<name>-lr<lr>-ep<epochs>-seed<seed>`` (seeds ``base_config.seed`` + 0..trials-1) and
-    selected on the validation split only; a step schedule's milestones are rescaled with the schedule length.
-    Returns one row per point: ``lr``, ``epochs``, ``val_acc_mean``/``val_acc_std`` (over trials),
-    ``test_acc_mean`` (the last epoch's test accuracy, for reference), ``runs`` (the run directories) and the
-    ``summaries``. ``fit`` defaults to :func:`kdistill.api.fit`.
-    """
-    if trials < 1 or not lrs or not epochs_options:
-        raise ValueError("lr_search needs at least one learning rate, one schedule length and one trial")
-    rows = []
-    for lr in lrs:
-        for epochs in epochs_options:
-            summaries = []
-            for trial in range(trials):
-                seed = base_config.seed + trial
-                name = f"{base_config.name}-lr{lr:g}-ep{epochs}-seed{seed}"
-                config = replace(
-                    base_config,
-                    [f"optim.lr={float(lr)!r}", f"train.epochs={int(epochs)}", f"seed={seed}", f"name={name}"]
-                    + _rescaled_milestones(base_config, epochs),
-                )
-                log(f"--- lr_search: {name}")
-                summaries.append(fit(config))
-            val = [s["best_val_acc"] for s in summaries if s.get("best_val_acc") is not None]
-            test = [s["final_test_acc"] for s in summaries if s.get("final_test_acc") is not None]
-            val_mean, val_std = mean_std(val)
-            rows.append(
-                {
-                    "lr": lr,
-                    "epochs": epochs,
-                    "trials": trials,
-                    "val_acc_mean": val_mean if val else None,
-                    "val_acc_std": val_std if val else None,
-                    "test_acc_mean": mean_std(test)[0] if test else None,
-                    "runs": [s.get("run_dir") for s in summaries],
-                    "summaries": summaries,
-                }
-            )
-    return sorted(rows, key=lambda row: -math.inf if row["val_acc_mean"] is None else row["val_acc_mean"], reverse=True)
+) -> SweepResult:
+    """Run :func:`tune_spec`'s sweep (resumable: the same call continues it); ``result.points`` is best first."""
+    return run_sweep(tune_spec(base_config, lrs, epochs_options, trials, out_dir, workers), log)
