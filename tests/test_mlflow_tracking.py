@@ -62,6 +62,8 @@ def test_a_trial_is_a_child_run_with_params_metrics_summary_and_artifacts(tmp_pa
     downloaded = client.download_artifacts(run_id, "summary.json", str(tmp_path / "download"))
     assert json.loads(Path(downloaded).read_text())["best_val_acc"] == summary["best_val_acc"]
 
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training-runs table
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert [child.info.run_id for child in children] == [run_id]  # what the UI nests under the sweep
     (tmp_path / "points.md").write_text("| point | val_acc |\n")

@@ -93,6 +93,10 @@ def _client(uri: str) -> MlflowClient:
         return MlflowClient(tracking_uri=uri)  # a new SQLite store creates its tables here
 
 
+# MLflow 3's UI opens an experiment of this kind on its training-runs table (params and metrics), not the GenAI view
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     """The id of experiment ``name``, created if missing (artifacts of a SQLite store go to ``mlartifacts/`` next to
     the database, not to ``./mlruns`` of whatever directory the run started in)."""
@@ -104,7 +108,7 @@ def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
             sqlite = _sqlite_path(uri)
             location = (sqlite.parent / "mlartifacts").as_uri() if sqlite is not None else None
             try:
-                return str(client.create_experiment(name, artifact_location=location))
+                return str(client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS))
             except MlflowException as error:  # another process created it first (a server or shared database)
                 found = client.get_experiment_by_name(name)
                 if error.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
