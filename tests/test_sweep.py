@@ -121,6 +121,8 @@ def test_a_2x2_grid_on_digits_completes_and_ranks_points_by_validation_accuracy(
     assert {s["seed"] for s in summaries} == {0, 1}
     assert (spec.out_dir / "points.csv").read_text().count("\n") == 5
     assert "optim.lr" in (spec.out_dir / "sweep.yaml").read_text()
+    assert (spec.out_dir / "swept_optim.lr.png").exists()  # the numeric swept key against top-1/top-5
+    assert "optim.lr=" in (spec.out_dir / "report.md").read_text()  # grouped by the swept keys
     # the same command again runs nothing: every run is read back
     started = {run: (run / "summary.json").stat().st_mtime_ns for run in (spec.out_dir / "runs").glob("grid-*")}
     again = run_sweep(spec, log=QUIET)

@@ -218,7 +218,7 @@ def train_one_epoch(
     return totals.result(method.traits.uses_labels)
 
 
-def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     """Batch-level augmentation randomness as a function of (seed, epoch): replayable, resumable."""
     generator = torch.Generator(device=device)
     generator.manual_seed(seed * 1_000_003 + epoch)
@@ -373,7 +373,7 @@ def run_epoch(state: RunState, epoch: int, end_epoch: int, log: Callable[[str], 
     checkpoints; returns the epoch's record."""
     config, method, position = state.config, state.method, state.position
     epoch_start = time.time()
-    generator = _epoch_generator(config.seed, epoch, state.device)
+    generator = epoch_generator(config.seed, epoch, state.device)
     totals = None
     skip = 0
     if position.step_in_epoch and position.epoch == epoch:  # resumed in the middle of this epoch

@@ -28,7 +28,7 @@ from kdistill.config import Config
 from kdistill.contracts import Batch, ConfigError
 from kdistill.data import build_data, data_info, make_loader
 from kdistill.engine.builders import build_method, preflight, resolve_architectures, resolve_device
-from kdistill.engine.loop import _epoch_generator, steps_per_epoch
+from kdistill.engine.loop import epoch_generator, steps_per_epoch
 from kdistill.engine.optim import build_optimizer, build_scheduler
 from kdistill.methods import Method
 from kdistill.report.plots import Plot, plot_image_grid, plot_lr
@@ -67,7 +67,7 @@ def training_batch(config: Config, epoch: int = 0) -> TrainingBatch:
     loader.generator.manual_seed(config.seed * 1_000_003 + epoch)  # as the trainer reseeds it per epoch
     method.train()
     method.on_epoch_start(epoch, config.train.epochs)
-    generator = _epoch_generator(config.seed, epoch, device)
+    generator = epoch_generator(config.seed, epoch, device)
     loaded = next(iter(loader)).to(device, channels_last=config.train.channels_last)
     batch = method.augment_batch(loaded, generator)
     names = data.class_names or [str(i) for i in range(data.num_classes)]

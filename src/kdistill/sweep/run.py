@@ -168,8 +168,9 @@ def _finish(spec: SweepSpec, parent_run_id: str | None, log: Log, codes: list[in
     rows = points_table(spec, study)
     table = write_points(spec, rows)
     keys = [key for param in spec.params for key in param.keys]
+    plotted = [param.keys[0] for param in spec.params]  # keys swept jointly move together: one plot draws them
     report = (
-        write_report([spec.runs_dir], by=keys, out_dir=spec.out_dir, swept=keys)
+        write_report([spec.runs_dir], by=keys, out_dir=spec.out_dir, swept=plotted)
         if any(spec.runs_dir.glob("*/config.yaml"))
         else None
     )
