@@ -100,6 +100,22 @@ def test_an_unreachable_storage_fails_before_any_trial_runs(tmp_path):
     assert not (spec.out_dir / "runs").exists()
 
 
+def test_the_config_is_given_as_argument_or_as_option_but_not_two_different_ones(tmp_path, capsys):
+    import yaml
+
+    from kdistill.cli import main
+    from kdistill.config import to_dict
+
+    file = tmp_path / "digits.yaml"
+    file.write_text(yaml.safe_dump(to_dict(digits_config(tmp_path, "cfg", "train.epochs=1"))))
+    other = tmp_path / "other.yaml"
+    other.write_text("name: other\n")
+    assert main(["sweep", str(file), f"--config={other}", "--param=optim.lr=0.1"]) == 2
+    assert "two configs given" in capsys.readouterr().err
+    assert main(["sweep", f"--config={file}", "--param=optim.lr=0.1", f"--out={tmp_path / 'opt'}"]) == 0
+    assert (tmp_path / "opt" / "runs" / "cfg-lr0.1-seed0" / "summary.json").exists()
+
+
 def test_the_seed_is_swept_with_trials_not_params(tmp_path):
     with pytest.raises(ConfigError, match="--trials"):
         parse_param("seed=1,2")

@@ -273,7 +273,7 @@ def _add_show_batch_command(commands: Subcommands) -> None:
         "per-epoch generator, de-normalised for display, labels as titles (both labels and weights for mixup that "
         "records them). Also draws the learning rate of every optimisation step of the run (<out stem>_lr.png).",
     )
-    show.add_argument("config", nargs="?", help=CONFIG_HELP)
+    _add_config_argument(show)
     show.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     show.add_argument(
         "--out", "-o", default="batch.png", help="image grid (default batch.png); the schedule goes to <stem>_lr.png"
@@ -313,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
         add(commands)
     _add_listing_command(commands)
     return parser
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """CONFIG as a positional argument, or as ``--config`` like ``train`` / ``distill`` / ``tune`` take it."""
+    parser.add_argument("config", nargs="?", help=CONFIG_HELP)
+    parser.add_argument("--config", "-c", dest="config_option", metavar="CONFIG", help="the same, as an option")
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    if args.config and args.config_option and args.config != args.config_option:
+        raise ConfigError(f"two configs given: {args.config} and --config {args.config_option}; give one")
+    return args.config or args.config_option
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -356,7 +368,7 @@ def _add_sweep_command(commands: Subcommands) -> None:
         "an interrupted point continues from its checkpoints. Sweeping train.epochs keeps a step schedule's "
         "milestones at the same fractions.",
     )
-    sweep.add_argument("config", nargs="?", help=CONFIG_HELP)
+    _add_config_argument(sweep)
     sweep.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     sweep.add_argument(
         "--param",
@@ -404,7 +416,7 @@ def _add_sweep_command(commands: Subcommands) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+    config = load_config(_config_path(args), args.overrides)
     out = Path(args.out) if args.out else Path(config.output_dir) / "sweeps" / config.name
     spec = SweepSpec(
         config, [parse_param(text) for text in args.params], out, trials=args.trials, search=args.search,
@@ -469,7 +481,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _show_batch(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+    config = load_config(_config_path(args), args.overrides)
     result = show_batch(config, args.out, args.grid, args.epoch)
     rates = result.lrs
     print(
