@@ -152,6 +152,7 @@ class TrainConfig:
     keep_checkpoints: int = 0  # also keep the newest N per-epoch checkpoints (0 = only last/best)
     max_steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests)
     cache_teacher_outputs: bool = True  # compute teacher logits once when training data is not augmented
+    teacher_store: bool = True  # keep teacher logits in <output_dir>/.teacher-cache for later runs (trials, sweeps)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower; see README)
     progress: bool = True  # progress bars
     on_nan: str = "stop"  # a NaN/inf loss: stop (last.pt keeps the last good state) | skip (drop that step's update)

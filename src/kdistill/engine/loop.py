@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from kdistill.engine.export import save_student
 from kdistill.engine.optim import build_optimizer, build_scheduler
 from kdistill.engine.run_dir import RunDir, TrackerFactory, read_metrics, read_summary
 from kdistill.engine.teacher_cache import TeacherReferences, compute_teacher_references, teacher_usage
+from kdistill.engine.teacher_store import STORE_FOLDER
 from kdistill.methods import Method
 from kdistill.methods.accounting import parameter_report
 from kdistill.runtime.distributed import average_gradients, init_from_environment, is_main_process, reduce_sums
@@ -302,6 +304,7 @@ def prepare_run(state: RunState, resume: bool, log: Callable[[str], None]) -> No
         state.method, state.data, state.eval_loaders, state.device,
         cache_enabled=config.train.cache_teacher_outputs, amp=config.train.amp,
         loader_options=(config.data.eval_batch_size, config.seed, config.data.num_workers),
+        store_dir=Path(config.output_dir) / STORE_FOLDER if config.train.teacher_store else None,
     )  # fmt: skip
     state.summary_extra = {
         "student_parameters": accounting["params_deployed"],  # what inference needs (SimKD: + projector + teacher head)

@@ -8,6 +8,7 @@ data pipeline declares (``Data.train_augmented``) and what the method declares (
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from kdistill.data import Data, make_loader
 from kdistill.engine.evaluation import predict
+from kdistill.engine.teacher_store import TeacherStore
 from kdistill.methods import Method, MethodTraits
 
 
@@ -26,9 +28,10 @@ class TeacherReferences:
     eval_logits: dict[str, Tensor] = field(default_factory=dict)
     accuracy: dict[str, float] = field(default_factory=dict)
     train_cached: bool = False
+    store: dict[str, int] = field(default_factory=dict)  # entries read from / written to the on-disk store
 
     def summary(self) -> dict[str, Any]:
-        return {f"teacher_{split}_acc": acc for split, acc in self.accuracy.items()}
+        return {**{f"teacher_{split}_acc": acc for split, acc in self.accuracy.items()}, **self.store}
 
 
 def teacher_cache_allowed(traits: MethodTraits, data: Data, enabled: bool) -> bool:
@@ -46,24 +49,30 @@ def compute_teacher_references(
     cache_enabled: bool,
     amp: bool,
     loader_options: tuple[int, int, int],
+    store_dir: Path | None = None,
 ) -> TeacherReferences:
     """Frozen teachers see deterministic eval inputs, so their val/test logits are computed once; the train
-    logits too when :func:`teacher_cache_allowed` (then attached to the method as its teacher outputs).
+    logits too when :func:`teacher_cache_allowed` (then attached to the method as its teacher outputs). With
+    ``store_dir`` these passes are read from / written to the on-disk :class:`TeacherStore` shared by later runs.
 
     ``loader_options`` = (eval batch size, seed, loader workers) of the train-logit pass.
     """
     references = TeacherReferences()
     if not len(method.teachers):
         return references
+    store = TeacherStore(store_dir, method.teachers) if store_dir is not None else None
+    run = store.predict if store is not None else predict
     for split, loader in eval_loaders.items():
-        logits, targets = predict(method.teacher_outputs.of, loader, device, amp)
+        logits, targets = run(method.teacher_outputs.of, loader, device, amp)
         references.eval_logits[split] = logits
         references.accuracy[split] = 100.0 * (logits.argmax(1) == targets).float().mean().item()
     if teacher_cache_allowed(method.traits, data, cache_enabled):
         eval_batch_size, seed, num_workers = loader_options
         plain_loader = make_loader(data.train, eval_batch_size, False, seed, num_workers)
-        method.attach_teacher_cache(predict(method.teacher_outputs.of, plain_loader, device, amp)[0])
+        method.attach_teacher_cache(run(method.teacher_outputs.of, plain_loader, device, amp)[0])
         references.train_cached = True
+    if store is not None:
+        references.store = store.usage()
     method.teacher_outputs.reset_counts()  # from here on the counts are the training steps'
     return references
 
