@@ -50,6 +50,10 @@ def test_a_changed_teacher_or_changed_inputs_miss_and_a_corrupt_entry_is_rebuilt
 
     changed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     assert teachers_digest([changed]) != teachers_digest([teacher])
+    batch_norm = torch.nn.BatchNorm1d(4)  # 0-dim buffers (num_batches_tracked) count too
+    before = teachers_digest([batch_norm])
+    batch_norm.num_batches_tracked += 1
+    assert teachers_digest([batch_norm]) != before
     other = TeacherStore(tmp_path / "cache", [changed])
     assert torch.equal(other.predict(changed, loader, device, False)[0], predict(changed, loader, device)[0])
     assert (other.hits, other.misses) == (0, 1)

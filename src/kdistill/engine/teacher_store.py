@@ -35,7 +35,7 @@ def teachers_digest(teachers: Iterable[nn.Module]) -> str:
         for name, tensor in teacher.state_dict().items():
             value = tensor.detach().cpu().contiguous()
             digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
-            digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
 
 
