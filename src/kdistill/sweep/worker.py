@@ -24,7 +24,7 @@ from kdistill.engine import loop
 from kdistill.engine.builders import preflight
 from kdistill.engine.run_dir import MetricSink, read_summary, run_path
 from kdistill.report.tables import mean_std
-from kdistill.sweep.queue import Claimed, claim, recover_abandoned
+from kdistill.sweep.queue import Claimed, claim
 from kdistill.sweep.space import override, point_overrides
 from kdistill.sweep.study import ABANDONED_ATTR, MESSAGE_ATTR, OWNER_ATTRS, SweepSpec, load_study
 from kdistill.track import build_sinks
@@ -202,8 +202,3 @@ def run_workers(spec: SweepSpec, log: Log, parent_run_id: str | None = None) -> 
         for number, handler in previous.items():
             signal.signal(number, handler)
     return [process.exitcode if process.exitcode is not None else 1 for process in processes]
-
-
-def recover(spec: SweepSpec, log: Log) -> None:
-    study, storage = load_study(spec)
-    recover_abandoned(study, storage, spec.stale_minutes, log)
