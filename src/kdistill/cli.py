@@ -32,7 +32,7 @@ from kdistill.report.compression import SpeedSettings, compare_runs
 from kdistill.report.experiments import CURVES, write_report
 from kdistill.report.features import write_tsne
 from kdistill.report.tables import markdown_table
-from kdistill.sweep import SweepSpec, parse_param, run_sweep
+from kdistill.sweep import SweepSpec, default_sweep_dir, parse_param, run_sweep
 from kdistill.sweep.run import OBJECTIVES
 from kdistill.tune import as_overrides, bit_hyperrule, tune_spec
 
@@ -351,9 +351,7 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"BiT-HyperRule for {len(data.train)} training images: {rule}")  # type: ignore[arg-type]
 
     epochs = args.epochs or [config.train.epochs]
-    result = run_sweep(tune_spec(config, args.lrs, epochs, args.trials, args.out, args.workers))
-    failed = [code for code in result.exit_codes if code != 0]
-    return failed[0] if failed else 0
+    return run_sweep(tune_spec(config, args.lrs, epochs, args.trials, args.out, args.workers)).exit_code
 
 
 def _add_sweep_command(commands: Subcommands) -> None:
@@ -417,15 +415,13 @@ def _add_sweep_command(commands: Subcommands) -> None:
 
 def _sweep(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args), args.overrides)
-    out = Path(args.out) if args.out else Path(config.output_dir) / "sweeps" / config.name
+    out = Path(args.out) if args.out else default_sweep_dir(config)
     spec = SweepSpec(
         config, [parse_param(text) for text in args.params], out, trials=args.trials, search=args.search,
         n_trials=args.n_trials, prune=args.prune, prune_startup=args.prune_startup, objective=args.objective,
         storage=args.storage, workers=args.workers, stale_minutes=args.stale_minutes,
     )  # fmt: skip
-    result = run_sweep(spec)
-    failed = [code for code in result.exit_codes if code != 0]
-    return failed[0] if failed else 0
+    return run_sweep(spec).exit_code
 
 
 def _add_compare_command(commands: Subcommands) -> None:

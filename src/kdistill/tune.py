@@ -14,7 +14,6 @@ notebook does this with Keras Tuner) and ranks the points by validation accuracy
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 from kdistill.config import Config
 from kdistill.contracts import ConfigError
-from kdistill.sweep import Param, SweepResult, SweepSpec, run_sweep
+from kdistill.sweep import Param, SweepResult, SweepSpec, default_sweep_dir, override, run_sweep
 
 BIT_BASE_LR = 0.003  # at batch size 512
 BIT_BASE_BATCH = 512
@@ -99,7 +98,7 @@ def bit_hyperrule(
 
 def as_overrides(values: dict[str, Any]) -> list[str]:
     """``{"optim.lr": 0.003}`` -> ``["optim.lr=0.003"]`` (values written as JSON, which YAML reads back)."""
-    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    return [override(key, value) for key, value in values.items()]
 
 
 def tune_spec(
@@ -120,7 +119,7 @@ def tune_spec(
         Param("optim.lr", "values", values=tuple(float(lr) for lr in lrs)),
         Param("train.epochs", "values", values=tuple(int(epochs) for epochs in epochs_options)),
     ]
-    out = Path(out_dir) if out_dir is not None else Path(base_config.output_dir) / "sweeps" / f"{base_config.name}-tune"
+    out = Path(out_dir) if out_dir is not None else default_sweep_dir(base_config, "-tune")
     return SweepSpec(
         base_config, params, out, trials=trials, objective="best_val_acc", workers=workers, storage=storage,
         extra={"preset": "tune"},

@@ -35,7 +35,7 @@ class Claimed:
     name: str
 
 
-def _not_counted(trial: optuna.trial.FrozenTrial) -> bool:
+def not_counted(trial: optuna.trial.FrozenTrial) -> bool:
     """Failed only because its process died (queued again) or because it was a duplicate claim."""
     return bool(trial.user_attrs.get(ABANDONED_ATTR) or trial.user_attrs.get(DUPLICATE_ATTR))
 
@@ -49,7 +49,7 @@ def taken_points(study: optuna.Study, exclude: int | None = None, running_only: 
         trial.user_attrs[POINT_ATTR]
         for trial in study.get_trials(deepcopy=False)
         if POINT_ATTR in trial.user_attrs
-        and not _not_counted(trial)
+        and not not_counted(trial)
         and trial.number != exclude
         and (trial.state == running or not running_only)
     }
@@ -62,6 +62,12 @@ def enqueue_missing(study: optuna.Study, points: list[tuple[str, dict[str, Any]]
     for name, values in missing:
         study.enqueue_trial({}, user_attrs={POINT_ATTR: name, VALUES_ATTR: json.dumps(values)})
     return len(missing)
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.BaseTrial, **attrs: Any) -> None:
+    """Queue ``trial``'s point again (its params, point name and values), with ``attrs`` added."""
+    kept = {key: trial.user_attrs[key] for key in (POINT_ATTR, VALUES_ATTR) if key in trial.user_attrs}
+    study.enqueue_trial(trial.params, user_attrs={**kept, **attrs})
 
 
 def recover_abandoned(
@@ -81,9 +87,9 @@ def recover_abandoned(
             storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # its worker finished it meanwhile
-        attrs = {key: trial.user_attrs[key] for key in (POINT_ATTR, VALUES_ATTR) if key in trial.user_attrs}
-        study.enqueue_trial(trial.params, user_attrs={**attrs, "kdistill.retry_of": trial.number})
-        log(f"sweep: trial {trial.number} ({attrs.get(POINT_ATTR, 'no point yet')}) was abandoned; queued again")
+        requeue(study, trial, **{"kdistill.retry_of": trial.number})
+        point = trial.user_attrs.get(POINT_ATTR, "no point yet")
+        log(f"sweep: trial {trial.number} ({point}) was abandoned; queued again")
         recovered += 1
     return recovered
 
@@ -120,7 +126,7 @@ def suggest(trial: optuna.trial.Trial, params: list[Param]) -> dict[str, Any]:
 
 
 def _counted_trials(study: optuna.Study) -> int:
-    return sum(not _not_counted(trial) for trial in study.get_trials(deepcopy=False))
+    return sum(not not_counted(trial) for trial in study.get_trials(deepcopy=False))
 
 
 def claim(spec: SweepSpec, study: optuna.Study, storage: optuna.storages.RDBStorage) -> Claimed | None:

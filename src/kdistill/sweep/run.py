@@ -23,9 +23,18 @@ from kdistill.engine.builders import preflight
 from kdistill.report.experiments import Report, write_report
 from kdistill.report.tables import markdown_table, mean_std
 from kdistill.runtime.io import atomic_write_text
-from kdistill.sweep.queue import enqueue_missing, recover_abandoned
+from kdistill.sweep.queue import enqueue_missing, not_counted, recover_abandoned
 from kdistill.sweep.space import check_space, config_value, grid_points, point_name, point_overrides
-from kdistill.sweep.study import MESSAGE_ATTR, POINT_ATTR, VALUES_ATTR, SweepSpec, load_study, redacted
+from kdistill.sweep.study import (
+    MESSAGE_ATTR,
+    OBJECTIVE_STD_ATTR,
+    POINT_ATTR,
+    RUNS_ATTR,
+    VALUES_ATTR,
+    SweepSpec,
+    load_study,
+    redacted,
+)
 from kdistill.sweep.worker import Log, run_workers, work
 from kdistill.track import default_tracking_uri, finish_parent_run, read_summary, start_parent_run
 
@@ -43,6 +52,11 @@ class SweepResult:
     table: str
     report: Report | None
     exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """The first failing worker's exit code, 0 when every worker ended cleanly (the CLI's exit status)."""
+        return next((code for code in self.exit_codes if code != 0), 0)
 
 
 def _spec_problems(spec: SweepSpec) -> list[str]:
@@ -115,9 +129,9 @@ def points_table(spec: SweepSpec, study: optuna.Study) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for trial in study.get_trials(deepcopy=False):
         name = trial.user_attrs.get(POINT_ATTR)
-        if name is None or trial.user_attrs.get("kdistill.abandoned") or trial.user_attrs.get("kdistill.duplicate"):
+        if name is None or not_counted(trial):
             continue
-        runs = trial.user_attrs.get("kdistill.runs", [])
+        runs = trial.user_attrs.get(RUNS_ATTR, [])
         tests = [read_summary(run).get("final_test_acc") for run in runs if (Path(run) / "summary.json").exists()]
         rows[name] = {
             "trial": trial.number,
@@ -125,7 +139,7 @@ def points_table(spec: SweepSpec, study: optuna.Study) -> list[dict[str, Any]]:
             "point": name,
             **json.loads(trial.user_attrs.get(VALUES_ATTR, "{}")),
             "objective": trial.value,
-            "objective_std": trial.user_attrs.get("kdistill.objective_std"),
+            "objective_std": trial.user_attrs.get(OBJECTIVE_STD_ATTR),
             "test_acc": mean_std([t for t in tests if t is not None])[0] if tests else None,
             "message": trial.user_attrs.get(MESSAGE_ATTR, ""),
         }
@@ -138,7 +152,7 @@ def _format(value: Any) -> str:
 
 def write_points(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
     """``points.md`` (objective mean ± std over seeds) and ``points.csv`` in the sweep directory."""
-    keys = [key for param in spec.params for key in param.keys]
+    keys = spec.swept_keys
     headers = ["trial", "state", *keys, f"{spec.objective} (mean ± std)", "test acc (mean)", "message"]
     table_rows = [
         [
@@ -167,10 +181,9 @@ def _finish(spec: SweepSpec, parent_run_id: str | None, log: Log, codes: list[in
     study, _ = load_study(spec)
     rows = points_table(spec, study)
     table = write_points(spec, rows)
-    keys = [key for param in spec.params for key in param.keys]
     plotted = [param.keys[0] for param in spec.params]  # keys swept jointly move together: one plot draws them
     report = (
-        write_report([spec.runs_dir], by=keys, out_dir=spec.out_dir, swept=plotted)
+        write_report([spec.runs_dir], by=spec.swept_keys, out_dir=spec.out_dir, swept=plotted)
         if any(spec.runs_dir.glob("*/config.yaml"))
         else None
     )

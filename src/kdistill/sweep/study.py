@@ -34,6 +34,8 @@ OWNER_ATTRS = ("kdistill.host", "kdistill.pid", "kdistill.heartbeat")
 MESSAGE_ATTR = "kdistill.message"
 ABANDONED_ATTR = "kdistill.abandoned"  # failed because its process died or was stopped: queued again
 DUPLICATE_ATTR = "kdistill.duplicate"  # claimed while its point was already done (a set-up race): not run
+RUNS_ATTR = "kdistill.runs"  # the run directories of a finished point, one per seed
+OBJECTIVE_STD_ATTR = "kdistill.objective_std"  # the objective's sample std over the seeds
 
 
 @dataclass
@@ -53,6 +55,11 @@ class SweepSpec:
     workers: int = 1
     stale_minutes: float = 30.0  # a running trial on another host without a heartbeat this long is abandoned
     extra: dict[str, Any] = field(default_factory=dict)  # set by presets (tune), recorded in the spec
+
+    @property
+    def swept_keys(self) -> list[str]:
+        """Every config key the sweep sets, in the order given (keys that vary together each count)."""
+        return [key for param in self.params for key in param.keys]
 
     @property
     def runs_dir(self) -> Path:
@@ -83,6 +90,11 @@ class SweepSpec:
             "objective": self.objective,
             **self.extra,
         }
+
+
+def default_sweep_dir(config: Config, suffix: str = "") -> Path:
+    """``<output_dir>/sweeps/<name><suffix>``: where a sweep of ``config`` lives without ``--out``."""
+    return Path(config.output_dir) / "sweeps" / f"{config.name}{suffix}"
 
 
 def redacted(url: str) -> str:

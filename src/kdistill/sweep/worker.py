@@ -24,9 +24,17 @@ from kdistill.engine import loop
 from kdistill.engine.builders import preflight
 from kdistill.engine.run_dir import MetricSink, read_summary, run_path
 from kdistill.report.tables import mean_std
-from kdistill.sweep.queue import Claimed, claim
+from kdistill.sweep.queue import Claimed, claim, requeue
 from kdistill.sweep.space import override, point_overrides
-from kdistill.sweep.study import ABANDONED_ATTR, MESSAGE_ATTR, OWNER_ATTRS, SweepSpec, load_study
+from kdistill.sweep.study import (
+    ABANDONED_ATTR,
+    MESSAGE_ATTR,
+    OBJECTIVE_STD_ATTR,
+    OWNER_ATTRS,
+    RUNS_ATTR,
+    SweepSpec,
+    load_study,
+)
 from kdistill.track import build_sinks
 
 if TYPE_CHECKING:
@@ -134,16 +142,14 @@ def run_trial(
     except (TrainingInterrupted, KeyboardInterrupt):
         trial.set_user_attr(ABANDONED_ATTR, True)
         study.tell(trial, state=state.FAIL)
-        study.enqueue_trial(
-            trial.params, user_attrs={k: trial.user_attrs[k] for k in ("kdistill.point", "kdistill.values")}
-        )
+        requeue(study, trial)
         raise
     except Exception as error:  # a config, data or checkpoint problem: every point would fail the same way
         trial.set_user_attr(MESSAGE_ATTR, f"{type(error).__name__}: {error}")
         study.tell(trial, state=state.FAIL)
         raise
-    trial.set_user_attr("kdistill.objective_std", std)
-    trial.set_user_attr("kdistill.runs", [s["run_dir"] for s in summaries])
+    trial.set_user_attr(OBJECTIVE_STD_ATTR, std)
+    trial.set_user_attr(RUNS_ATTR, [s["run_dir"] for s in summaries])
     study.tell(trial, mean)
     log(f"sweep: trial {trial.number} ({claimed.name}): {spec.objective} {mean:.2f} ± {std:.2f}")
     return "COMPLETE"
