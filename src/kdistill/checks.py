@@ -26,6 +26,7 @@ from kdistill.config import (
 MAX_NAME_LENGTH = 200
 MAX_SEED = 2**40  # the seed is scaled by ~1e6 to derive per-epoch generator seeds, which must fit in 64 bits
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+STREAM_DTYPES = ("float16", "bfloat16", "float32")
 MLFLOW_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 Problems = list[str]
@@ -68,6 +69,8 @@ def _data_problems(data: DataConfig) -> Problems:
     )
     if not data.name:
         problems.append("data.name is empty: name a dataset (see `kdistill datasets`)")
+    if data.stream_seed is not None and not 0 <= data.stream_seed < MAX_SEED:
+        problems.append(f"data.stream_seed={data.stream_seed} must be in [0, 2**40) (or null: the run's seed)")
     return problems
 
 
@@ -126,6 +129,10 @@ def _train_problems(train: TrainConfig) -> Problems:
         problems.append(f"train.device={train.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
     if train.on_nan not in ("stop", "skip"):
         problems.append(f"train.on_nan={train.on_nan!r}; valid: stop, skip")
+    problems += _at_least("train.teacher_views", train.teacher_views, 1)
+    problems += _at_least("train.teacher_stream_max_gb", train.teacher_stream_max_gb, 0, allow_none=False)
+    if train.teacher_stream_dtype not in STREAM_DTYPES:
+        problems.append(f"train.teacher_stream_dtype={train.teacher_stream_dtype!r}; valid: {', '.join(STREAM_DTYPES)}")
     return problems
 
 

@@ -47,6 +47,10 @@ class DataConfig:
     eval_batch_size: int = 512
     num_workers: int = 0
     download: bool = False  # allow torchvision to download missing files (needs a connection)
+    # seed of the data stream (sample order, per-sample augmentation, mixup): None = the run's seed. One value shared
+    # by all trials makes them see the same augmented inputs (only the initialisation varies) and lets the teacher
+    # cache serve every trial after the first
+    stream_seed: int | None = None
 
 
 @dataclass
@@ -153,6 +157,13 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests)
     cache_teacher_outputs: bool = True  # compute teacher logits once when training data is not augmented
     teacher_store: bool = True  # keep teacher logits in <output_dir>/.teacher-cache for later runs (trials, sweeps)
+    # teacher logits of augmented epochs in the store too (replayed stream); float16 | bfloat16 | float32 entries
+    teacher_stream_dtype: str = "float16"
+    teacher_stream_max_gb: float = 20.0  # no stream cache when its entries would need more disk than this
+    # FKD-style approximation: the data stream repeats every K epochs (K stored views per sample; teacher paid K times)
+    teacher_views: int | None = None
+    sync_batchnorm: bool = False  # torchrun: SyncBatchNorm in the student and method modules
+    scale_lr_with_world: bool = False  # torchrun: multiply optim.lr by the world size (linear scaling rule)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower; see README)
     progress: bool = True  # progress bars
     on_nan: str = "stop"  # a NaN/inf loss: stop (last.pt keeps the last good state) | skip (drop that step's update)
@@ -189,6 +200,15 @@ class Config:
 
     def teachers(self) -> list[ModelConfig]:
         return ([self.teacher] if self.teacher is not None else []) + list(self.extra_teachers)
+
+    def stream_seed(self) -> int:
+        """The data stream's seed: ``data.stream_seed``, or the run's seed when that is unset."""
+        return self.seed if self.data.stream_seed is None else self.data.stream_seed
+
+    def stream_epoch(self, epoch: int) -> int:
+        """Which epoch of the data stream training epoch ``epoch`` replays (``train.teacher_views`` cycles them)."""
+        views = self.train.teacher_views
+        return epoch if views is None else epoch % views
 
 
 # --------------------------------------------------------------------------- parsing

@@ -9,7 +9,7 @@ for every dataset, and :func:`make_loader` (``loaders.py``) builds loaders whose
 
 from kdistill.contracts import DatasetNotFoundError
 from kdistill.data import cifar, emnist, flowers102, food101, imagefolder, mnist_like, pets  # registrations
-from kdistill.data.loaders import EpochSampler, collate, make_loader
+from kdistill.data.loaders import EpochSampler, collate, make_loader, start_epoch
 from kdistill.data.registry import DATASET_INFO, DATASETS, Data, DatasetSplits, register_dataset
 from kdistill.data.splits import Indexed, build_data, data_info, seeded_permutation
 
@@ -27,6 +27,7 @@ __all__ = [
     "make_loader",
     "register_dataset",
     "seeded_permutation",
+    "start_epoch",
     "cifar",
     "emnist",
     "flowers102",

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdistill.contracts import Batch
-from kdistill.data.splits import seeded_permutation
+from kdistill.data.splits import Indexed, seeded_permutation
 from kdistill.runtime.distributed import rank_and_world
 
 
@@ -23,17 +23,29 @@ def collate(items: list) -> Batch:
 class EpochSampler(torch.utils.data.Sampler[int]):
     """A permutation that depends on (seed, epoch) only: resuming at an epoch reproduces its order.
 
-    With ``num_replicas > 1`` each rank takes every ``num_replicas``-th index of the same permutation
-    (padded to equal length), as ``DistributedSampler`` does. ``set_epoch(epoch, skip)`` leaves out the first
-    ``skip`` indices of this rank's share in the next pass (a resume in the middle of an epoch).
+    With ``keyed`` it yields ``(index, epoch)`` keys (:class:`~kdistill.data.splits.Indexed` seeds a sample's
+    random transform with them), else plain indices. With ``num_replicas > 1`` each rank takes every
+    ``num_replicas``-th index of the same permutation, as ``DistributedSampler`` does: padded to equal length, or
+    with ``drop_last`` cut to it (training: then no sample is seen twice in an epoch, so each (epoch, index) is one
+    input). ``set_epoch(epoch, skip)`` leaves out
+    the first ``skip`` indices of this rank's share in the next pass (a resume in the middle of an epoch).
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, num_replicas: int = 1) -> None:
-        self.size, self.seed, self.shuffle = size, seed, shuffle
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        num_replicas: int = 1,
+        drop_last: bool = False,
+        keyed: bool = False,
+    ) -> None:
+        self.size, self.seed, self.shuffle, self.keyed = size, seed, shuffle, keyed
         self.rank, self.num_replicas = rank, num_replicas
         self.epoch = 0
         self.skip = 0
-        self.per_replica = -(-size // num_replicas)
+        self.per_replica = size // num_replicas if drop_last and size >= num_replicas else -(-size // num_replicas)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
@@ -44,9 +56,10 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         else:
             order = list(range(self.size))
         total = self.per_replica * self.num_replicas
-        order += order[: total - len(order)]
+        order += order[: max(total - len(order), 0)]
         skip, self.skip = self.skip, 0
-        return iter(order[self.rank : total : self.num_replicas][skip:])
+        share = order[self.rank : total : self.num_replicas][skip:]
+        return iter([(index, self.epoch) for index in share] if self.keyed else share)
 
     def __len__(self) -> int:
         return self.per_replica
@@ -57,7 +70,8 @@ def make_loader(
 ) -> DataLoader:
     """The one place loaders are made (samplers are rank-aware through kdistill.runtime.distributed)."""
     rank, world = rank_and_world() if shuffle else (0, 1)
-    sampler = EpochSampler(len(dataset), seed, shuffle=shuffle, rank=rank, num_replicas=world)  # type: ignore[arg-type]
+    keyed = isinstance(dataset, Indexed)  # replayable: items are keyed by (index, stream epoch)
+    sampler = EpochSampler(len(dataset), seed, shuffle, rank, world, drop_last, keyed)  # type: ignore[arg-type]
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -67,5 +81,13 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
-        generator=torch.Generator().manual_seed(seed),  # reseeded per epoch by the trainer (worker seeds)
+        generator=torch.Generator().manual_seed(seed),  # reseeded per epoch by start_epoch (worker seeds)
     )
+
+
+def start_epoch(loader: DataLoader, stream_seed: int, epoch: int, skip: int = 0) -> None:
+    """Put a :func:`make_loader` loader at ``epoch`` of its stream: its order, its samples' transform seeds and its
+    worker seeds; ``skip`` leaves out this rank's first samples (a resume in the middle of the epoch)."""
+    loader.sampler.set_epoch(epoch, skip)  # type: ignore[attr-defined]  # an EpochSampler
+    assert loader.generator is not None
+    loader.generator.manual_seed(stream_seed * 1_000_003 + epoch)

@@ -10,18 +10,41 @@ from kdistill.config import DataConfig
 from kdistill.contracts import ConfigError, DataInfo
 from kdistill.data.registry import DATASETS, Data
 
+StreamKey = int | tuple[int, int]  # a sample index, or (sample index, stream epoch) from EpochSampler
+
+
+def sample_seed(stream_seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's random transform in one epoch of a stream (distinct for every (epoch, index))."""
+    return ((stream_seed * 1_000_003 + epoch) * 4_294_967_311 + index) % (1 << 63)
+
 
 class Indexed(Dataset):
-    """Wraps a dataset so items are (input, target, index)."""
+    """Wraps a dataset so items are (input, target, index).
 
-    def __init__(self, dataset: Dataset) -> None:
+    With ``stream_seed`` the random per-sample transform of item (index, epoch) draws from a generator seeded by
+    (stream seed, epoch, index) alone (:func:`sample_seed`), whatever the global RNG state, the loader workers or the
+    batch, so the input a teacher saw can be produced again. The global RNG is restored after each item.
+    """
+
+    def __init__(self, dataset: Dataset, stream_seed: int | None = None) -> None:
         self.dataset = dataset
+        self.stream_seed = stream_seed
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int):
-        inputs, target = self.dataset[index]
+    def __getitem__(self, key: StreamKey):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        if self.stream_seed is None:
+            inputs, target = self.dataset[index]
+            return inputs, int(target), index
+        generator = torch.default_generator  # torchvision's transforms draw from the global generator
+        state = generator.get_state()
+        try:
+            generator.manual_seed(sample_seed(self.stream_seed, epoch, index))
+            inputs, target = self.dataset[index]
+        finally:
+            generator.set_state(state)
         return inputs, int(target), index
 
 
@@ -29,8 +52,9 @@ def seeded_permutation(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
-def build_data(config: DataConfig, seed: int) -> Data:
-    """Build the splits for ``config``; ``seed`` fixes the carved validation split and subsets."""
+def build_data(config: DataConfig, seed: int, stream_seed: int | None = None) -> Data:
+    """Build the splits for ``config``; ``seed`` fixes the carved validation split and subsets, ``stream_seed``
+    makes the train split's random transforms replayable (see :class:`Indexed`)."""
     try:
         builder = DATASETS.get(config.name)
     except KeyError as error:
@@ -52,7 +76,7 @@ def build_data(config: DataConfig, seed: int) -> Data:
         test = _subset(test, config.test_subset, seed)
         val = _subset(val, config.test_subset, seed) if val is not None else None
     return Data(
-        train=Indexed(train),
+        train=Indexed(train, stream_seed if splits.train_augmented else None),
         val=Indexed(val) if val is not None else None,
         test=Indexed(test),
         num_classes=splits.num_classes,

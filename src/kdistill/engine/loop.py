@@ -6,12 +6,12 @@ RNG seeding it does itself), so sweeps and trials can call it many times in one 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,18 +21,24 @@ from tqdm.auto import tqdm
 
 from kdistill.config import Config
 from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput, TrainingDivergedError, TrainingInterrupted
-from kdistill.data import Data, build_data, data_info, make_loader
+from kdistill.data import Data, build_data, data_info, make_loader, start_epoch
 from kdistill.engine.builders import autocast, build_method, preflight, resolve_architectures, resolve_device
 from kdistill.engine.checkpoint import Position, checkpoint_payload, restore, save_last
 from kdistill.engine.evaluation import evaluate
 from kdistill.engine.export import save_student
 from kdistill.engine.optim import build_optimizer, build_scheduler
+from kdistill.engine.parallel import StepForward, convert_sync_batchnorm, training_forward
 from kdistill.engine.run_dir import RunDir, TrackerFactory, read_metrics, read_summary
 from kdistill.engine.teacher_cache import TeacherReferences, compute_teacher_references, teacher_usage
-from kdistill.engine.teacher_store import STORE_FOLDER
 from kdistill.methods import Method
 from kdistill.methods.accounting import parameter_report
-from kdistill.runtime.distributed import average_gradients, init_from_environment, is_main_process, reduce_sums
+from kdistill.runtime.distributed import (
+    init_from_environment,
+    is_distributed,
+    is_main_process,
+    rank_and_world,
+    reduce_sums,
+)
 from kdistill.runtime.io import atomic_save
 from kdistill.runtime.rng import seed_everything
 from kdistill.runtime.signals import StopRequests, signal_name
@@ -154,17 +160,18 @@ def _optimisation_step(
     optimizer: Optimizer,
     scheduler: Scheduler,
     settings: EpochSettings,
+    forward: StepForward | None = None,
 ) -> tuple[StepOutput, Tensor, bool]:
-    """Forward (under autocast); if the loss is finite: backward, gradient averaging over ranks, clipping and the
-    optimizer step. The schedule steps either way. Returns (output, loss, whether the update was applied)."""
+    """Forward (under autocast; ``forward``: the DDP-wrapped step under torchrun, else ``method.training_step``); if
+    the loss is finite: backward (DDP averages the gradients over ranks during it), clipping and the optimizer step.
+    The schedule steps either way. Returns (output, loss, whether the update was applied)."""
     with autocast(batch.inputs.device, settings.amp):
-        output = method.training_step(batch)
+        output = (forward or method.training_step)(batch)
     loss = output.loss
     optimizer.zero_grad(set_to_none=True)
     finite = _finite_everywhere(loss, batch.inputs.device)
     if finite:
         loss.backward()
-        average_gradients(parameters)
         if settings.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(parameters, settings.clip_grad_norm)
         optimizer.step()
@@ -186,10 +193,12 @@ def train_one_epoch(
     settings: EpochSettings,
     totals: EpochTotals | None = None,
     after_step: StepHook | None = None,
+    forward: StepForward | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean of every loss term, the total, and train accuracy.
 
-    ``totals`` continues an epoch resumed in its middle (the loader then yields the remaining batches only).
+    ``totals`` continues an epoch resumed in its middle (the loader then yields the remaining batches only);
+    ``forward`` is the step's forward (:func:`~kdistill.engine.parallel.training_forward`).
     """
     method.train()
     totals = totals or EpochTotals(device)
@@ -203,7 +212,7 @@ def train_one_epoch(
         if totals.step >= steps:
             break
         batch = method.augment_batch(batch.to(device, channels_last=settings.channels_last), generator)
-        output, loss, applied = _optimisation_step(method, batch, parameters, optimizer, scheduler, settings)
+        output, loss, applied = _optimisation_step(method, batch, parameters, optimizer, scheduler, settings, forward)
         if not applied:
             if not settings.skip_nonfinite or totals.skipped >= settings.max_skipped_steps:
                 raise _diverged(epoch, totals.step, output, totals)
@@ -221,10 +230,19 @@ def train_one_epoch(
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """Batch-level augmentation randomness as a function of (seed, epoch): replayable, resumable."""
+    """Batch-level augmentation randomness as a function of (stream seed, stream epoch): replayable, resumable."""
     generator = torch.Generator(device=device)
     generator.manual_seed(seed * 1_000_003 + epoch)
     return generator
+
+
+def start_stream_epoch(config: Config, loader: DataLoader, epoch: int, device: torch.device, skip: int = 0):
+    """Put the train loader at training epoch ``epoch`` of ``config``'s data stream (its order and its per-sample
+    transform seeds) and return that epoch's batch-augmentation generator: all a function of (``data.stream_seed``
+    or the seed, the stream epoch) only, so the inputs of any epoch can be produced again."""
+    stream_epoch = config.stream_epoch(epoch)
+    start_epoch(loader, config.stream_seed(), stream_epoch, skip)
+    return epoch_generator(config.stream_seed(), stream_epoch, device)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -249,14 +267,17 @@ class RunState:
     position: Position = field(default_factory=Position)
     references: TeacherReferences | None = None
     summary_extra: dict[str, Any] | None = None
+    forward: StepForward | None = None  # DDP over the method under torchrun (None: method.training_step)
     last_save: float = field(default_factory=time.time)  # when last.pt was last written (time-based checkpoints)
     stop: StopRequests = field(default_factory=StopRequests)
 
 
-def _loaders(config: Config, data: Data) -> tuple[DataLoader, dict[str, DataLoader]]:
+def build_loaders(config: Config, data: Data) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """The train loader (the data stream: ``data.stream_seed`` or the seed; last partial batch dropped) and the
+    val/test loaders of a run."""
     data_config = config.data
     train_loader = make_loader(
-        data.train, data_config.batch_size, True, config.seed, data_config.num_workers, drop_last=True
+        data.train, data_config.batch_size, True, config.stream_seed(), data_config.num_workers, drop_last=True
     )
     if len(train_loader) == 0:
         num_train = len(data.train)  # type: ignore[arg-type]  # every kdistill dataset has a length
@@ -273,25 +294,33 @@ def build_run(config: Config, resume: bool, overwrite: bool, trackers: TrackerFa
     """Device, data, method, loaders, optimizer and schedule, and the run directory (not yet restored)."""
     started = time.time()
     preflight(config)  # every value and name checked before anything is built
-    device = resolve_device(config.train.device)
-    init_from_environment(device)
+    device = init_from_environment(resolve_device(config.train.device))
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     config = resolve_architectures(config)
     seed_everything(config.seed)
-    data = build_data(config.data, config.seed)
+    data = build_data(config.data, config.seed, config.stream_seed())
     info = data_info(data, config.data.batch_size)
-    method = build_method(config, info).to(device)
+    method = build_method(config, info)
+    if config.train.sync_batchnorm and is_distributed():
+        method = convert_sync_batchnorm(method)
+    method = method.to(device)
     if config.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
-    train_loader, eval_loaders = _loaders(config, data)
+    train_loader, eval_loaders = build_loaders(config, data)
     epoch_steps = steps_per_epoch(train_loader, config.train.max_steps_per_epoch)
-    optimizer = build_optimizer(method.trainable_parameters(), config.optim)
+    world = rank_and_world()[1]
+    optim = config.optim
+    if config.train.scale_lr_with_world and world > 1:
+        optim = dataclasses.replace(optim, lr=optim.lr * world)
+    optimizer = build_optimizer(method.trainable_parameters(), optim)
     scheduler = build_scheduler(optimizer, config.schedule, epoch_steps, config.train.epochs)
     run = RunDir.for_config(config, resume=resume, overwrite=overwrite, trackers=trackers)
-    return RunState(
+    state = RunState(
         config, device, data, info, method, optimizer, scheduler, train_loader, eval_loaders, epoch_steps, run, started
     )
+    state.forward = training_forward(method, device)
+    return state
 
 
 def prepare_run(state: RunState, resume: bool, log: Callable[[str], None]) -> None:
@@ -300,12 +329,7 @@ def prepare_run(state: RunState, resume: bool, log: Callable[[str], None]) -> No
     state.position = restored or Position()
     accounting = parameter_report(state.method)
     config = state.config
-    state.references = compute_teacher_references(
-        state.method, state.data, state.eval_loaders, state.device,
-        cache_enabled=config.train.cache_teacher_outputs, amp=config.train.amp,
-        loader_options=(config.data.eval_batch_size, config.seed, config.data.num_workers),
-        store_dir=Path(config.output_dir) / STORE_FOLDER if config.train.teacher_store else None,
-    )  # fmt: skip
+    state.references = compute_teacher_references(state.method, state.data, state.eval_loaders, state.device, config)
     state.summary_extra = {
         "student_parameters": accounting["params_deployed"],  # what inference needs (SimKD: + projector + teacher head)
         "teacher_parameters": accounting["params_teachers"],
@@ -376,16 +400,15 @@ def run_epoch(state: RunState, epoch: int, end_epoch: int, log: Callable[[str], 
     checkpoints; returns the epoch's record."""
     config, method, position = state.config, state.method, state.position
     epoch_start = time.time()
-    generator = epoch_generator(config.seed, epoch, state.device)
     totals = None
     skip = 0
-    if position.step_in_epoch and position.epoch == epoch:  # resumed in the middle of this epoch
+    mid_epoch = bool(position.step_in_epoch and position.epoch == epoch)  # resumed in the middle of this epoch
+    if mid_epoch:
         totals = EpochTotals(state.device, position.epoch_totals, position.skipped_steps)
         skip = position.step_in_epoch * config.data.batch_size
-        if position.generator_state is not None:
-            generator.set_state(position.generator_state)
-    state.train_loader.sampler.set_epoch(epoch, skip)  # type: ignore[attr-defined]  # our EpochSampler
-    state.train_loader.generator.manual_seed(config.seed * 1_000_003 + epoch)
+    generator = start_stream_epoch(config, state.train_loader, epoch, state.device, skip)
+    if mid_epoch and position.generator_state is not None:
+        generator.set_state(position.generator_state)
     method.on_epoch_start(epoch, config.train.epochs)
     totals = totals or EpochTotals(state.device, skipped=position.skipped_steps)
     if totals.start_lr is None:
@@ -394,9 +417,13 @@ def run_epoch(state: RunState, epoch: int, end_epoch: int, log: Callable[[str], 
     settings = EpochSettings.from_config(config)
     hook = _step_hook(state, epoch, generator)
     loader, optimizer, scheduler = state.train_loader, state.optimizer, state.scheduler
+    method.teacher_outputs.start_epoch(config.stream_epoch(epoch), from_start=not mid_epoch)
     record.update(
-        train_one_epoch(method, loader, optimizer, scheduler, state.device, epoch, generator, settings, totals, hook)
+        train_one_epoch(
+            method, loader, optimizer, scheduler, state.device, epoch, generator, settings, totals, hook, state.forward
+        )
     )
+    method.teacher_outputs.finish_epoch()
     state.position = Position(epoch + 1, best=position.best, skipped_steps=totals.skipped)
     record.update({f"train_{key}": value for key, value in method.epoch_metrics().items()})
     record["train_time_s"] = time.time() - epoch_start

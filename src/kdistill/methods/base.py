@@ -21,6 +21,7 @@ submodules, and self-distillation needs no teacher at all.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 from collections.abc import Callable, Iterable
@@ -118,6 +119,17 @@ class TeacherOutputs:
         """Logits (B, K) for the batch's inputs."""
         return self.of(batch.inputs)
 
+    def start_epoch(self, epoch: int, from_start: bool) -> None:
+        """Called by the trainer before each epoch (``epoch``: the data stream's epoch; ``from_start``: not a resume
+        in its middle); a cache of augmented epochs opens that epoch's logits here."""
+
+    def finish_epoch(self) -> None:
+        """Called by the trainer after each epoch."""
+
+    def usage(self) -> dict[str, Any]:
+        """Counts for the run summary beyond hits and live samples."""
+        return {}
+
 
 class CachedTeacherOutputs(TeacherOutputs):
     """Logits precomputed by the trainer for every training sample, served by sample index.
@@ -196,6 +208,12 @@ class Method(nn.Module, Generic[ConfigT]):
     def augment_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
         """Batch-level augmentation on the device (mixup, crops); declare ``augments_batches`` with it."""
         return batch
+
+    def augmentation_spec(self) -> dict[str, Any]:
+        """What decides ``augment_batch``'s output besides the inputs and the generator (a teacher cache of
+        augmented epochs is keyed by it). Default: the whole method config when the method augments batches (a
+        change of any hyperparameter then misses the cache); override to name only the augmentation's settings."""
+        return dataclasses.asdict(self.config) if self.traits.augments_batches else {}
 
     def epoch_metrics(self) -> dict[str, float]:
         """Loss-free numbers of the epoch just trained, logged as ``train_<key>`` (e.g. SimKD's kept fraction)."""

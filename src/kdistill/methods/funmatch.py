@@ -8,6 +8,7 @@ a long time to match the teacher's function on it. The paper's ablations are sel
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +110,8 @@ def output_size(config: FunMatchConfig, input_shape: tuple[int, int, int]) -> tu
 class FunctionMatching(Method[FunMatchConfig]):
     """Student matches the teacher's function on shared, heavily augmented (mixed-up) inputs; no labels."""
 
-    # no label is read; only the teacher's logits are (cached only when nothing is augmented)
+    # no label is read; only the teacher's logits are (served from the stream cache in function_matching and
+    # consistent modes, where the teacher sees the student's pixels)
     traits = MethodTraits(kind="response", uses_labels=False, teacher_logits_only=True)
 
     def __init__(self, student, teachers, config: FunMatchConfig, info) -> None:
@@ -138,6 +140,13 @@ class FunctionMatching(Method[FunMatchConfig]):
         return self.refined_traits(
             augments_batches=bool(config.crop or config.flip or mixup_enabled(config) or resizes)
         )
+
+    def augmentation_spec(self) -> dict[str, Any]:
+        """The settings of the views (not the loss's temperature or distance, which a teacher cache may ignore)."""
+        fields = ["mode", "mixup_ratio", "mixup_alpha", "mixup_per_sample", "crop", "crop_area_min", "crop_area_max"]
+        fields += ["crop_aspect_min", "crop_aspect_max", "flip"]
+        spec = {name: getattr(self.config, name) for name in fields}
+        return {**spec, "mixup": self.use_mixup, "output_size": list(self.output_size)}
 
     def augment_view(self, inputs: Tensor, generator: torch.Generator) -> Tensor:
         """One augmented view of a (B, C, H, W) batch: Inception crop -> flip -> mixup (each if enabled)."""

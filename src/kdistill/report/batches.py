@@ -26,9 +26,9 @@ from torch import nn
 
 from kdistill.config import Config
 from kdistill.contracts import Batch, ConfigError
-from kdistill.data import build_data, data_info, make_loader
+from kdistill.data import build_data, data_info
 from kdistill.engine.builders import build_method, preflight, resolve_architectures, resolve_device
-from kdistill.engine.loop import epoch_generator, steps_per_epoch
+from kdistill.engine.loop import build_loaders, start_stream_epoch, steps_per_epoch
 from kdistill.engine.optim import build_optimizer, build_scheduler
 from kdistill.methods import Method
 from kdistill.report.plots import Plot, plot_image_grid, plot_lr
@@ -57,17 +57,12 @@ def training_batch(config: Config, epoch: int = 0) -> TrainingBatch:
         raise ConfigError(f"--epoch {epoch}: the run has epochs 0 to {config.train.epochs - 1}")
     device = resolve_device(config.train.device)
     seed_everything(config.seed)
-    data = build_data(config.data, config.seed)
+    data = build_data(config.data, config.seed, config.stream_seed())
     method = build_method(config, data_info(data, config.data.batch_size), load_weights=False).to(device)
-    data_config = config.data
-    loader = make_loader(data.train, data_config.batch_size, True, config.seed, data_config.num_workers, True)
-    if len(loader) == 0:
-        raise ConfigError(f"data.batch_size={data_config.batch_size} is larger than the training set")
-    loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]  # our EpochSampler
-    loader.generator.manual_seed(config.seed * 1_000_003 + epoch)  # as the trainer reseeds it per epoch
+    loader, _ = build_loaders(config, data)
     method.train()
     method.on_epoch_start(epoch, config.train.epochs)
-    generator = epoch_generator(config.seed, epoch, device)
+    generator = start_stream_epoch(config, loader, epoch, device)  # as the trainer starts the epoch
     loaded = next(iter(loader)).to(device, channels_last=config.train.channels_last)
     batch = method.augment_batch(loaded, generator)
     names = data.class_names or [str(i) for i in range(data.num_classes)]

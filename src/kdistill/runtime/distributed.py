@@ -1,4 +1,5 @@
-"""Everything rank-aware lives here (DDP via torchrun): ranks, rank-0 checks, metric reduction."""
+"""Everything rank-aware lives here (torchrun): the process group, ranks, rank-0 checks, metric reduction (the
+DistributedDataParallel wrapper is kdistill.engine.parallel)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,17 @@ def is_main_process() -> bool:
     return rank_and_world()[0] == 0
 
 
-def init_from_environment(device: torch.device) -> None:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); no-op otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+def init_from_environment(device: torch.device) -> torch.device:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1: NCCL on CUDA, else gloo) and return this
+    process's device (``cuda:LOCAL_RANK`` for a CUDA device without an index); single process: ``device``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+    if not is_distributed():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
 def local_rank() -> int:
@@ -41,18 +48,3 @@ def reduce_sums(values: dict[str, float], device: torch.device) -> dict[str, flo
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return dict(zip(keys, tensor.tolist()))
-
-
-def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
-    """Average gradients over ranks after ``backward`` (any method, its own modules included).
-
-    Every rank must produce a gradient for the same parameters (missing ones count as zero).
-    """
-    if not is_distributed():
-        return
-    world = dist.get_world_size()
-    for parameter in parameters:
-        if parameter.grad is None:
-            parameter.grad = torch.zeros_like(parameter)
-        dist.all_reduce(parameter.grad)
-        parameter.grad /= world

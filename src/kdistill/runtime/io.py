@@ -84,12 +84,16 @@ def atomic_save(payload: Any, path: str | Path) -> None:
         torch.save(payload, stream)
 
 
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write ``text`` atomically (temp file, fsync, rename)."""
-    data = text.encode()
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    """Write ``data`` atomically (temp file, fsync, rename)."""
     path = Path(path)
     with _atomic_stream(path, len(data)) as stream:
         stream.write(data)
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """Write ``text`` atomically (temp file, fsync, rename)."""
+    atomic_write_bytes(text.encode(), path)
 
 
 def remove_stale_temp_files(directory: str | Path) -> list[Path]:

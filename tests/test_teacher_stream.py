@@ -1,0 +1,159 @@
+"""The teacher cache of augmented training: the data stream replays exactly, so stored teacher logits of each epoch
+give bitwise the losses of the live teacher; a stale, tampered or corrupt entry is detected and rebuilt; two
+processes filling the same entry leave one valid file."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdistill.api import fit
+from kdistill.config import load_config
+from kdistill.data import build_data, make_loader, start_epoch
+from kdistill.engine.checkpoint import read_checkpoint
+from kdistill.engine.teacher_store import STORE_FOLDER
+from kdistill.engine.teacher_stream import StreamEntry, read_table, write_table
+
+from helpers import digits_overrides
+
+QUIET = {"log": lambda _: None}
+# per-sample random crop + flip (data.augment) and, on the device, Inception crop + flip + mixup (funmatch)
+STREAM = ["method.name=funmatch", "data.augment=crop_flip", "train.epochs=2", "train.teacher_stream_dtype=float32"]
+
+
+def stream_overrides(tmp_path, name: str, teacher: str, *extra: str) -> list[str]:
+    return digits_overrides(tmp_path, name, f"teacher.checkpoint={teacher}", *STREAM, *extra)
+
+
+def stream_config(tmp_path, name: str, teacher: str, *extra: str):
+    return load_config(overrides=stream_overrides(tmp_path, name, teacher, *extra))
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["train_loss"] for line in lines]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(run_dir / "last.pt")["method_state"]
+
+
+def stream_files(output_dir: Path) -> list[Path]:
+    return sorted((output_dir / STORE_FOLDER).glob("stream-*/epoch-*.kdts"))
+
+
+def test_the_stream_replays_whatever_the_global_rng_and_the_loader_workers(tmp_path):
+    config = load_config(overrides=digits_overrides(tmp_path, "replay", "data.augment=crop_flip"))
+
+    def epoch_inputs(num_workers: int, epoch: int, stream_seed: int) -> torch.Tensor:
+        data = build_data(config.data, config.seed, stream_seed)
+        loader = make_loader(data.train, 64, True, stream_seed, num_workers, drop_last=True)
+        start_epoch(loader, stream_seed, epoch)
+        torch.manual_seed(1234 + num_workers)  # unrelated global RNG state
+        return torch.cat([batch.inputs for batch in loader])
+
+    reference = epoch_inputs(0, 1, 7)
+    assert torch.equal(reference, epoch_inputs(2, 1, 7))  # same epoch of the same stream, other workers
+    assert not torch.equal(reference, epoch_inputs(0, 2, 7))  # another epoch
+    assert not torch.equal(reference, epoch_inputs(0, 1, 8))  # another stream
+
+
+def test_cached_and_live_teacher_give_bitwise_identical_training_over_two_epochs(tmp_path, digits_teacher):
+    live = fit(stream_config(tmp_path / "live", "live", digits_teacher, "train.teacher_store=false"), **QUIET)
+    cold = fit(stream_config(tmp_path, "cold", digits_teacher), **QUIET)
+    warm = fit(stream_config(tmp_path, "warm", digits_teacher), **QUIET)
+    runs = [Path(s["run_dir"]) for s in (live, cold, warm)]
+    assert train_losses(runs[0]) == train_losses(runs[1]) == train_losses(runs[2])
+    reference = weights(runs[0])
+    assert all(torch.equal(reference[k], weights(run)[k]) for run in runs[1:] for k in reference)
+
+    steps = cold["teacher_live_samples"]  # the cold run ran the teacher on every training sample
+    assert cold["teacher_stream_epochs_written"] == 2 and cold["teacher_cache_hits"] == 0 and steps > 0
+    assert len(stream_files(tmp_path)) == 2
+    assert warm["teacher_stream_epochs_read"] == 2 and warm["teacher_stream_epochs_written"] == 0
+    assert warm["teacher_cache_hits"] == steps  # every sample served from the store
+    assert warm["teacher_live_samples"] <= 2 * 8  # only the check of each epoch's first batch ran live
+    assert warm["teacher_seconds_saved"] > 0
+    assert "teacher_stream_epochs_read" not in live
+
+    # another model seed on the same data stream is served too; another stream is not
+    shared = fit(stream_config(tmp_path, "seed1", digits_teacher, "seed=1", "data.stream_seed=0"), **QUIET)
+    assert shared["teacher_cache_hits"] == steps
+    other = fit(stream_config(tmp_path, "seed2", digits_teacher, "seed=2"), **QUIET)
+    assert other["teacher_cache_hits"] == 0 and other["teacher_stream_epochs_written"] == 2
+
+
+@pytest.mark.parametrize("change", ["method.mixup_ratio=beta", "data.train_subset=900", "data.batch_size=32"])
+def test_a_changed_augmentation_or_dataset_is_another_entry(tmp_path, digits_teacher, change):
+    fit(stream_config(tmp_path, "first", digits_teacher, "train.epochs=1"), **QUIET)
+    changed = fit(stream_config(tmp_path, "changed", digits_teacher, "train.epochs=1", change), **QUIET)
+    assert changed["teacher_cache_hits"] == 0 and changed["teacher_stream_epochs_written"] == 1
+    assert len(list((tmp_path / STORE_FOLDER).glob("stream-*"))) == 2
+
+
+def test_a_changed_teacher_is_another_entry(tmp_path, digits_teacher):
+    first = fit(stream_config(tmp_path, "first", digits_teacher, "train.epochs=1"), **QUIET)
+    other_teacher = Path(first["run_dir"])  # the first run's student, as a teacher
+    second = fit(stream_config(tmp_path, "second", str(other_teacher), "train.epochs=1"), **QUIET)
+    assert second["teacher_cache_hits"] == 0 and second["teacher_stream_epochs_written"] == 1
+
+
+def _only_entry(output_dir: Path, config) -> tuple[StreamEntry, Path]:
+    (path,) = stream_files(output_dir)
+    header = json.loads(path.read_bytes()[16 : 16 + int.from_bytes(path.read_bytes()[8:16], "little")])
+    rows, classes = header["shape"]
+    return StreamEntry(path.parent, header["key"], rows, classes, header["dtype"]), path
+
+
+def test_a_tampered_entry_with_a_valid_checksum_fails_the_live_check_and_is_rebuilt(tmp_path, digits_teacher, caplog):
+    config = stream_config(tmp_path, "first", digits_teacher, "train.epochs=1")
+    live = fit(config, **QUIET)
+    entry, path = _only_entry(tmp_path, config)
+    table, header = read_table(entry, 0)
+    write_table(entry, 0, table.clone() + 1.0, header["teacher_s_per_sample"])  # e.g. changed transform code
+    again = fit(stream_config(tmp_path, "again", digits_teacher, "train.epochs=1"), **QUIET)
+    assert "does not match the live teacher" in caplog.text
+    assert again["teacher_stream_epochs_rebuilt"] == 1 and again["teacher_stream_epochs_written"] == 1
+    assert train_losses(Path(again["run_dir"])) == train_losses(Path(live["run_dir"]))
+    rebuilt = read_table(entry, 0)[0]  # holds the live logits again (NaN: samples the epoch's batches left out)
+    assert torch.allclose(rebuilt, table, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_corrupt_entry_is_detected_and_rebuilt(tmp_path, digits_teacher, caplog):
+    live = fit(stream_config(tmp_path, "first", digits_teacher, "train.epochs=1"), **QUIET)
+    (path,) = stream_files(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte in the payload
+    path.write_bytes(bytes(data))
+    again = fit(stream_config(tmp_path, "again", digits_teacher, "train.epochs=1"), **QUIET)
+    assert "does not match the checksum" in caplog.text
+    assert again["teacher_cache_hits"] == 0 and again["teacher_stream_epochs_written"] == 1
+    assert train_losses(Path(again["run_dir"])) == train_losses(Path(live["run_dir"]))
+    path.write_bytes(b"KDTSTRM1" + b"\xff" * 7)  # truncated header
+    truncated = fit(stream_config(tmp_path, "truncated", digits_teacher, "train.epochs=1"), **QUIET)
+    assert truncated["teacher_stream_epochs_written"] == 1
+
+
+def _fill(overrides: list[str]) -> None:
+    torch.set_num_threads(1)
+    fit(load_config(overrides=overrides), log=lambda _: None)
+
+
+def test_two_processes_filling_the_same_entry_leave_one_valid_cache(tmp_path, digits_teacher):
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_fill, args=(stream_overrides(tmp_path, f"p{i}", digits_teacher),)) for i in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+        assert worker.exitcode == 0
+    files = stream_files(tmp_path)
+    assert len(files) == 2 and not list((tmp_path / STORE_FOLDER).rglob("*.tmp"))
+    after = fit(stream_config(tmp_path, "after", digits_teacher), **QUIET)
+    assert after["teacher_stream_epochs_read"] == 2 and after["teacher_stream_epochs_rebuilt"] == 0
