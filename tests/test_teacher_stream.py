@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdistill.api import fit
+from kdistill.api import cache_teacher, fit
 from kdistill.config import load_config
 from kdistill.data import build_data, make_loader, start_epoch
 from kdistill.engine.checkpoint import read_checkpoint
@@ -157,3 +157,37 @@ def test_two_processes_filling_the_same_entry_leave_one_valid_cache(tmp_path, di
     assert len(files) == 2 and not list((tmp_path / STORE_FOLDER).rglob("*.tmp"))
     after = fit(stream_config(tmp_path, "after", digits_teacher), **QUIET)
     assert after["teacher_stream_epochs_read"] == 2 and after["teacher_stream_epochs_rebuilt"] == 0
+
+
+def test_cache_teacher_fills_every_epoch_ahead_and_training_then_runs_no_teacher(tmp_path, digits_teacher):
+    config = stream_config(tmp_path, "run", digits_teacher)
+    filled = cache_teacher(config, log=lambda _: None)
+    assert filled["teacher_stream_epochs_written"] == 2 and filled["teacher_samples_run"] > 0
+    assert len(stream_files(tmp_path)) == 2
+    again = cache_teacher(config, log=lambda _: None)  # already there: read and checked, nothing recomputed
+    assert again["teacher_stream_epochs_read"] == 2 and again["teacher_stream_epochs_written"] == 0
+    warm = fit(config, **QUIET)
+    assert warm["teacher_stream_epochs_read"] == 2 and warm["teacher_stream_epochs_written"] == 0
+    assert warm["teacher_cache_hits"] == filled["teacher_samples_run"]  # every training sample came from the cache
+    live = fit(stream_config(tmp_path / "live", "live", digits_teacher, "train.teacher_store=false"), **QUIET)
+    assert train_losses(Path(warm["run_dir"])) == train_losses(Path(live["run_dir"]))
+
+
+def test_independent_noise_gives_the_teacher_its_own_view_and_that_view_is_cached_too(tmp_path, digits_teacher):
+    cold = fit(stream_config(tmp_path, "cold", digits_teacher, "method.mode=independent_noise"), **QUIET)
+    warm = fit(stream_config(tmp_path, "warm", digits_teacher, "method.mode=independent_noise"), **QUIET)
+    assert cold["teacher_stream_epochs_written"] == 2 and warm["teacher_cache_hits"] == cold["teacher_live_samples"]
+    assert train_losses(Path(cold["run_dir"])) == train_losses(Path(warm["run_dir"]))
+    consistent = fit(stream_config(tmp_path, "consistent", digits_teacher, "method.mode=consistent"), **QUIET)
+    assert consistent["teacher_cache_hits"] == 0  # another view spec: another entry, not the independent one
+
+
+def test_teacher_views_cycle_the_stored_epochs_and_are_reported_as_an_approximation(tmp_path, digits_teacher):
+    lines: list[str] = []
+    summary = fit(stream_config(tmp_path, "views", digits_teacher, "train.teacher_views=1"), log=lines.append)
+    assert summary["teacher_views"] == 1 and len(stream_files(tmp_path)) == 1
+    assert summary["teacher_stream_epochs_written"] == 1 and summary["teacher_stream_epochs_read"] == 1
+    assert summary["teacher_cache_hits"] > 0  # epoch 2 replayed epoch 1's inputs and read their logits
+    assert any("approximation" in line for line in lines)
+    losses = train_losses(Path(summary["run_dir"]))
+    assert losses[1] < losses[0]  # the same inputs again: the student fits them better

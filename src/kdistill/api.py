@@ -19,6 +19,7 @@ from kdistill.engine import loop
 from kdistill.engine.builders import build_method, load_method_state, method_class, resolve_device
 from kdistill.engine.evaluation import evaluate
 from kdistill.engine.export import load_student, student_from_payload
+from kdistill.engine.teacher_fill import cache_teacher
 from kdistill.models.loading import STUDENT_KIND, read_checkpoint, resolve_checkpoint_path
 from kdistill.report.batches import show_batch
 from kdistill.report.experiments import runs_table, write_report
@@ -27,6 +28,7 @@ from kdistill.report.tables import format_mean_std, markdown_table, mean_std
 from kdistill.track import build_sinks
 
 __all__ = [
+    "cache_teacher",
     "fit",
     "train",
     "distill",

@@ -1,5 +1,5 @@
-"""Command line: ``kdistill train | distill | sweep | tune | eval | export | demo | report | show-batch | compare |
-models | datasets | methods``."""
+"""Command line: ``kdistill train | distill | cache-teacher | sweep | tune | eval | export | demo | report |
+show-batch | compare | models | datasets | methods``."""
 
 from __future__ import annotations
 
@@ -102,6 +102,21 @@ def _add_run_command(commands: Subcommands) -> None:
         description="Train the student from the teacher(s) with the configured method (kd, funmatch, simkd, ...).",
     )
     _add_run_options(distill)
+
+
+def _add_cache_command(commands: Subcommands) -> None:
+    """cache-teacher"""
+    cache = commands.add_parser(
+        "cache-teacher",
+        help="run the teacher(s) once over everything a config's training would show them and keep the logits",
+        description="Fill <output_dir>/.teacher-cache ahead of training: the val/test logits, the train logits when "
+        "nothing is augmented, and with augmentation the logits of every epoch of the replayed data stream "
+        "(per-sample crops and flips, the method's mixup and crops), exactly as training will draw them. Every "
+        "later run of the same stream (trials with the same data.stream_seed, sweep points that change only the "
+        "loss) reads them instead of running the teacher. Entries already there are checked, not recomputed.",
+    )
+    _add_config_argument(cache)
+    cache.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
 
 
 def _add_tune_command(commands: Subcommands) -> None:
@@ -301,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
         _add_run_command,
+        _add_cache_command,
         _add_sweep_command,
         _add_tune_command,
         _add_eval_command,
@@ -559,6 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("train", "distill"):
             return _run(args)
+        if args.command == "cache-teacher":
+            result = api.cache_teacher(load_config(_config_path(args), args.overrides))
+            print(json.dumps(result, indent=2))
+            return 0
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "tune":

@@ -147,8 +147,9 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = 10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = False  # mixed precision on CUDA (bf16)
-    channels_last: bool = False
+    amp: bool = False  # bf16 autocast (CUDA; CPU too, where it pays only with AVX-512 BF16 / AMX)
+    channels_last: bool = False  # NHWC memory layout for conv models (pays on GPUs with tensor cores)
+    compile: bool = False  # torch.compile the student and the teachers (in place: checkpoints keep their keys)
     eval_every: int = 1  # evaluate val/test every K epochs (and always after the last)
     checkpoint_every: int = 1  # write last.pt every K epochs (and always after the last)
     checkpoint_every_steps: int | None = None  # also write last.pt every N optimisation steps (exact mid-epoch resume)

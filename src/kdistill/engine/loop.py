@@ -302,11 +302,20 @@ def build_run(config: Config, resume: bool, overwrite: bool, trackers: TrackerFa
     data = build_data(config.data, config.seed, config.stream_seed())
     info = data_info(data, config.data.batch_size)
     method = build_method(config, info)
-    if config.train.sync_batchnorm and is_distributed():
-        method = convert_sync_batchnorm(method)
+    if config.train.sync_batchnorm:
+        if device.type != "cuda":
+            raise ConfigError(
+                f"train.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only), the device "
+                f"here is {device.type}: drop the override, or train on GPUs"
+            )
+        if is_distributed():
+            method = convert_sync_batchnorm(method)
     method = method.to(device)
     if config.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    if config.train.compile:
+        for model in (method.student, *method.teachers):
+            model.compile()  # in place: the state dict keeps its keys, so checkpoints and resume are unchanged
     train_loader, eval_loaders = build_loaders(config, data)
     epoch_steps = steps_per_epoch(train_loader, config.train.max_steps_per_epoch)
     world = rank_and_world()[1]
@@ -330,7 +339,15 @@ def prepare_run(state: RunState, resume: bool, log: Callable[[str], None]) -> No
     accounting = parameter_report(state.method)
     config = state.config
     state.references = compute_teacher_references(state.method, state.data, state.eval_loaders, state.device, config)
+    views = config.train.teacher_views
+    if views is not None and views < config.train.epochs:
+        log(
+            f"train.teacher_views={views}: an approximation (FKD-style); epoch e replays the inputs of epoch e mod "
+            f"{views}, so the student sees {views} augmented views per sample, not {config.train.epochs}"
+        )
     state.summary_extra = {
+        **({"teacher_views": views} if views is not None else {}),
+        "data_stream_seed": config.stream_seed(),
         "student_parameters": accounting["params_deployed"],  # what inference needs (SimKD: + projector + teacher head)
         "teacher_parameters": accounting["params_teachers"],
         **accounting,

@@ -74,7 +74,7 @@ def stream_entry(method: Method[Any], data: Data, config: Config, device: torch.
         "fingerprint": dataset_fingerprint(data.train),
         "augmentation": method.augmentation_spec(),
         "stream": [config.stream_seed(), data_config.batch_size, train.teacher_views, world],
-        "numerics": [train.amp, train.channels_last, device.type, train.teacher_stream_dtype],
+        "numerics": [train.amp, train.channels_last, train.compile, device.type, train.teacher_stream_dtype],
     }
     key = stream_key(parts)
     directory = Path(config.output_dir) / STORE_FOLDER / f"stream-{key[:24]}"

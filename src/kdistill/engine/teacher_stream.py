@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from kdistill.contracts import Batch
 from kdistill.methods import TeacherOutputs
+from kdistill.methods.base import teacher_inputs
 from kdistill.runtime.io import atomic_write_bytes
 
 FORMAT = 1
@@ -168,7 +169,7 @@ class StreamTeacherOutputs(TeacherOutputs):
         """The first served batch of an epoch: a few of its samples through the live teacher, compared with the
         table (tolerance of the stored dtype's rounding)."""
         count = min(CHECK_SAMPLES, len(batch))
-        live = self._live(batch.inputs[:count])
+        live = self._live(teacher_inputs(batch)[:count])
         tolerance = 1e-4 if self.entry.dtype == "float32" else 2e-2
         scale = live.abs().amax().clamp_min(1.0)
         return bool(((live - cached[:count]).abs() <= tolerance * scale).all())
@@ -191,7 +192,7 @@ class StreamTeacherOutputs(TeacherOutputs):
                 self.hits += len(batch)
                 self.saved_seconds += self.stored_rate * len(batch)
                 return cached
-        logits = self._live(batch.inputs)
+        logits = self._live(teacher_inputs(batch))
         if self.recorded is None:
             self.recorded = self.table.clone() if self.table is not None else self._empty()
         self.recorded[indices] = logits.detach().to(device="cpu", dtype=self.recorded.dtype)

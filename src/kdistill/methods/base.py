@@ -91,6 +91,12 @@ def _config_type_argument(cls: type) -> type[MethodConfig] | None:
     return None
 
 
+def teacher_inputs(batch: Batch) -> Tensor:
+    """What the teachers see of a batch: ``extras["teacher_inputs"]`` when a method's batch augmentation gave them
+    other pixels than the student (function matching's independent noise, fixed teacher), else the inputs."""
+    return batch.extras.get("teacher_inputs", batch.inputs)
+
+
 class TeacherOutputs:
     """The teachers' logits, computed live from the inputs (no gradient).
 
@@ -106,18 +112,21 @@ class TeacherOutputs:
         self.live_samples = self.hits = 0
 
     def of(self, inputs: Tensor) -> Tensor:
-        """Logits (B, K) of the teachers for ``inputs``."""
+        """Logits (B, K) of the teachers for ``inputs``, computed under ``torch.inference_mode`` (no autograd
+        bookkeeping at all) and returned as an ordinary tensor that losses may use."""
         self.live_samples += inputs.shape[0]
-        with torch.no_grad():
+        with torch.inference_mode():
             outputs = [teacher(inputs).float() for teacher in self.teachers]
-        if len(outputs) == 1:
-            return outputs[0]
-        log_probs = torch.stack([o.log_softmax(dim=1) for o in outputs])  # (N_teachers, B, K)
-        return torch.logsumexp(log_probs, dim=0) - math.log(len(outputs))
+            if len(outputs) == 1:
+                logits = outputs[0]
+            else:
+                log_probs = torch.stack([o.log_softmax(dim=1) for o in outputs])  # (N_teachers, B, K)
+                logits = torch.logsumexp(log_probs, dim=0) - math.log(len(outputs))
+        return logits.clone()  # an inference tensor cannot be saved for the student's backward; a copy can
 
     def logits(self, batch: Batch) -> Tensor:
-        """Logits (B, K) for the batch's inputs."""
-        return self.of(batch.inputs)
+        """Logits (B, K) for what the teachers see of the batch (:func:`teacher_inputs`)."""
+        return self.of(teacher_inputs(batch))
 
     def start_epoch(self, epoch: int, from_start: bool) -> None:
         """Called by the trainer before each epoch (``epoch``: the data stream's epoch; ``from_start``: not a resume

@@ -110,8 +110,8 @@ def output_size(config: FunMatchConfig, input_shape: tuple[int, int, int]) -> tu
 class FunctionMatching(Method[FunMatchConfig]):
     """Student matches the teacher's function on shared, heavily augmented (mixed-up) inputs; no labels."""
 
-    # no label is read; only the teacher's logits are (served from the stream cache in function_matching and
-    # consistent modes, where the teacher sees the student's pixels)
+    # no label is read; only the teacher's logits are (of the teacher's own view where the mode gives it one; served
+    # from the stream cache of replayed epochs, since every view is drawn from the epoch's generator)
     traits = MethodTraits(kind="response", uses_labels=False, teacher_logits_only=True)
 
     def __init__(self, student, teachers, config: FunMatchConfig, info) -> None:
@@ -184,10 +184,6 @@ class FunctionMatching(Method[FunMatchConfig]):
     # ------------------------------------------------------------------ loss
     def training_step(self, batch: Batch) -> StepOutput:
         student_logits = self.student(batch.inputs)  # (B, K)
-        teacher_inputs = batch.extras.get("teacher_inputs")
-        if teacher_inputs is not None:  # other pixels than the student's: always the live teacher
-            teacher_logits = self.teacher_outputs.of(teacher_inputs)  # (B, K), no grad
-        else:  # same pixels as the student (a cache is attached only when nothing was augmented)
-            teacher_logits = self.teacher_logits(batch)
+        teacher_logits = self.teacher_logits(batch)  # (B, K): of the teacher's view, live or from the stream cache
         loss = funmatch_loss(student_logits, teacher_logits, self.config.distance, self.config.temperature)
         return StepOutput(logits=student_logits, losses={self.config.distance: loss})
