@@ -191,3 +191,12 @@ def test_teacher_views_cycle_the_stored_epochs_and_are_reported_as_an_approximat
     assert any("approximation" in line for line in lines)
     losses = train_losses(Path(summary["run_dir"]))
     assert losses[1] < losses[0]  # the same inputs again: the student fits them better
+
+
+def test_trials_sharing_a_stream_seed_share_their_subset_and_the_teachers_logits(tmp_path, digits_teacher):
+    shared = ["train.epochs=1", "data.train_subset=900", "data.stream_seed=5"]
+    first = fit(stream_config(tmp_path, "s0", digits_teacher, "seed=0", *shared), **QUIET)
+    second = fit(stream_config(tmp_path, "s1", digits_teacher, "seed=1", *shared), **QUIET)
+    assert first["teacher_stream_epochs_written"] == 1 and second["teacher_cache_hits"] == first["teacher_live_samples"]
+    assert first["data_stream_seed"] == second["data_stream_seed"] == 5
+    assert train_losses(Path(first["run_dir"])) != train_losses(Path(second["run_dir"]))  # the initialisation differs

@@ -47,9 +47,9 @@ class DataConfig:
     eval_batch_size: int = 512
     num_workers: int = 0
     download: bool = False  # allow torchvision to download missing files (needs a connection)
-    # seed of the data stream (sample order, per-sample augmentation, mixup): None = the run's seed. One value shared
-    # by all trials makes them see the same augmented inputs (only the initialisation varies) and lets the teacher
-    # cache serve every trial after the first
+    # seed of the data (subsets, sample order, per-sample augmentation, mixup): None = the run's seed. One value shared
+    # by all trials makes them see the same data and augmented inputs (only initialisation and dropout vary) and lets
+    # the teacher cache serve every trial after the first
     stream_seed: int | None = None
 
 

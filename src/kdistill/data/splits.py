@@ -53,8 +53,10 @@ def seeded_permutation(n: int, seed: int) -> torch.Tensor:
 
 
 def build_data(config: DataConfig, seed: int, stream_seed: int | None = None) -> Data:
-    """Build the splits for ``config``; ``seed`` fixes the carved validation split and subsets, ``stream_seed``
-    makes the train split's random transforms replayable (see :class:`Indexed`)."""
+    """Build the splits for ``config``; ``seed`` fixes the subsets (``data.stream_seed`` instead, when set: then
+    trials of different seeds train on the same data), ``stream_seed`` makes the train split's random transforms
+    replayable (see :class:`Indexed`)."""
+    seed = seed if config.stream_seed is None else config.stream_seed
     try:
         builder = DATASETS.get(config.name)
     except KeyError as error:

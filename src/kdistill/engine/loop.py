@@ -50,6 +50,7 @@ __all__ = [
     "TrainingDivergedError",
     "TrainingInterrupted",
     "fit",
+    "optimisation_step",
     "steps_per_epoch",
     "train_one_epoch",
 ]
@@ -153,7 +154,7 @@ def _finite_everywhere(loss: Tensor, device: torch.device) -> bool:
     return reduce_sums({"bad": bad}, device)["bad"] == 0.0
 
 
-def _optimisation_step(
+def optimisation_step(
     method: Method[Any],
     batch: Batch,
     parameters: list[nn.Parameter],
@@ -212,7 +213,7 @@ def train_one_epoch(
         if totals.step >= steps:
             break
         batch = method.augment_batch(batch.to(device, channels_last=settings.channels_last), generator)
-        output, loss, applied = _optimisation_step(method, batch, parameters, optimizer, scheduler, settings, forward)
+        output, loss, applied = optimisation_step(method, batch, parameters, optimizer, scheduler, settings, forward)
         if not applied:
             if not settings.skip_nonfinite or totals.skipped >= settings.max_skipped_steps:
                 raise _diverged(epoch, totals.step, output, totals)

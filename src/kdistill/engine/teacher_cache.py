@@ -70,7 +70,11 @@ def stream_entry(method: Method[Any], data: Data, config: Config, device: torch.
     parts = {
         "teachers": teachers_digest(method.teachers),
         "data": [data_config.name, data_config.root, data_config.augment, data_config.image_size],
-        "split": [data_config.val_size, data_config.train_subset, config.seed if data_config.train_subset else None],
+        "split": [
+            data_config.val_size,
+            data_config.train_subset,
+            config.stream_seed() if data_config.train_subset else None,
+        ],
         "fingerprint": dataset_fingerprint(data.train),
         "augmentation": method.augmentation_spec(),
         "stream": [config.stream_seed(), data_config.batch_size, train.teacher_views, world],
