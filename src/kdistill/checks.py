@@ -64,6 +64,7 @@ def _data_problems(data: DataConfig) -> Problems:
     )
     problems += _at_least("data.num_workers", data.num_workers, 0)
     problems += _at_least("data.image_size", data.image_size, 1) + _at_least("data.val_size", data.val_size, 0)
+    problems += _at_least("data.labelled", data.labelled, 1)
     problems += _at_least("data.train_subset", data.train_subset, 1) + _at_least(
         "data.test_subset", data.test_subset, 1
     )

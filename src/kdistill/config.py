@@ -42,6 +42,9 @@ class DataConfig:
         None
     )
     train_subset: int | None = None  # use a seeded random subset of N training samples (quick runs)
+    # keep the labels of a seeded N of the training samples, the others are unlabelled (target -1): the few-labels,
+    # many-unlabelled-images setting (the same N images as data.train_subset=N with the same seed: the student alone)
+    labelled: int | None = None
     test_subset: int | None = None  # evaluate on a seeded random subset of N val/test samples
     batch_size: int = 128
     eval_batch_size: int = 512

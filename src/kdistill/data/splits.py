@@ -10,6 +10,7 @@ from kdistill.config import DataConfig
 from kdistill.contracts import ConfigError, DataInfo
 from kdistill.data.registry import DATASETS, Data
 
+UNLABELLED = -1  # the target of a training sample without a label (data.labelled)
 StreamKey = int | tuple[int, int]  # a sample index, or (sample index, stream epoch) from EpochSampler
 
 
@@ -73,6 +74,8 @@ def build_data(config: DataConfig, seed: int, stream_seed: int | None = None) ->
         train = Subset(train, order[val_size:].sort().values.tolist())
     if config.train_subset is not None:
         train = _subset(train, config.train_subset, seed)
+    if config.labelled is not None:
+        train = PartlyLabelled(train, _subset_positions(len(train), config.labelled, seed))  # type: ignore[arg-type]
     test = splits.test
     if config.test_subset is not None:
         test = _subset(test, config.test_subset, seed)
@@ -102,8 +105,28 @@ def data_info(data: Data, batch_size: int) -> DataInfo:
     )
 
 
+def _subset_positions(n: int, size: int, seed: int) -> list[int]:
+    """The seeded ``size`` of ``n`` positions (sorted) that ``data.train_subset`` and ``data.labelled`` take."""
+    return seeded_permutation(n, seed).narrow(0, 0, min(size, n)).sort().values.tolist()
+
+
 def _subset(dataset: Dataset, size: int, seed: int) -> Dataset:
     n = len(dataset)  # type: ignore[arg-type]
     if size >= n:
         return dataset
-    return Subset(dataset, seeded_permutation(n, seed).narrow(0, 0, size).sort().values.tolist())
+    return Subset(dataset, _subset_positions(n, size, seed))
+
+
+class PartlyLabelled(Dataset):
+    """The samples at ``labelled`` positions keep their label; every other sample's target is -1 (unlabelled)."""
+
+    def __init__(self, dataset: Dataset, labelled: list[int]) -> None:
+        self.dataset = dataset
+        self.labelled = set(labelled)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        inputs, target = self.dataset[index]
+        return inputs, (int(target) if index in self.labelled else UNLABELLED)

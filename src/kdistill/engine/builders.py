@@ -15,7 +15,7 @@ from kdistill.config import Config, ModelConfig
 from kdistill.contracts import ConfigError, DataInfo
 from kdistill.data import DATASETS
 from kdistill.data.transforms import PRESETS
-from kdistill.methods import METHODS, Method
+from kdistill.methods import METHODS, Method, MethodTraits
 from kdistill.models import InputSpec, build_model
 from kdistill.models.loading import architecture_from_checkpoint
 from kdistill.models.registry import MODEL_SOURCES, MODELS
@@ -89,14 +89,40 @@ def preflight(config: Config) -> Config:
     registries must know and the teacher count the method takes; all problems reported at once."""
     problems = config_problems(config) + _registry_problems(config)
     if config.method.name in METHODS:
+        method_cls = METHODS.get(config.method.name)
         try:
-            check_teacher_count(METHODS.get(config.method.name), len(config.teachers()))
+            check_teacher_count(method_cls, len(config.teachers()))
         except ConfigError as error:
             problems.append(str(error))
+        problems += _labelled_problems(config, method_cls.traits)
     if problems:
         listing = "\n  - ".join(problems)
         raise ConfigError(f"{len(problems)} problem(s) in the config:\n  - {listing}")
     return config
+
+
+def _labelled_problems(config: Config, traits: MethodTraits) -> list[str]:
+    """``data.labelled`` needs a method whose loss takes unlabelled samples; a label-only method should train on the
+    labelled images alone."""
+    labelled = config.data.labelled
+    if labelled is None:
+        return []
+    if traits.kind == "labels":
+        return [
+            f"data.labelled={labelled} with method {config.method.name!r}, which learns from labels only: train on "
+            f"the labelled images alone with data.train_subset={labelled} (the same images, same seed) instead"
+        ]
+    if traits.uses_labels and not traits.partial_labels:
+        takes = sorted(name for name in METHODS.names() if _takes_unlabelled(METHODS.get(name).traits))
+        return [
+            f"data.labelled={labelled}: method {config.method.name!r} needs a label for every sample; methods that "
+            f"take unlabelled samples: {', '.join(takes)}"
+        ]
+    return []
+
+
+def _takes_unlabelled(traits: MethodTraits) -> bool:
+    return traits.kind != "labels" and (traits.partial_labels or not traits.uses_labels)
 
 
 def method_class(config: Config) -> type[Method[Any]]:

@@ -100,6 +100,7 @@ class EpochTotals:
         self.start_lr: float | None = saved.pop("_lr", None)  # the learning rate the epoch began with
         self.seen = int(saved.pop("_seen", 0))
         self.correct = torch.tensor(saved.pop("_correct", 0.0), device=device)
+        self.labelled = torch.tensor(saved.pop("_labelled", 0.0), device=device)
         self.sums: dict[str, Tensor] = {k: torch.tensor(v, device=device) for k, v in saved.items()}
         self.skipped = skipped  # over the run, not only this epoch
 
@@ -107,6 +108,7 @@ class EpochTotals:
         """The sums as floats (exact: float32 values round-trip through Python floats)."""
         values = {k: v.item() for k, v in self.sums.items()}
         extra = {"_step": float(self.step), "_seen": float(self.seen), "_correct": self.correct.item()}
+        extra["_labelled"] = self.labelled.item()
         return {**values, **extra, **({"_lr": self.start_lr} if self.start_lr is not None else {})}
 
     def add(self, output: StepOutput, loss: Tensor, batch: Batch, uses_labels: bool) -> None:
@@ -116,8 +118,9 @@ class EpochTotals:
         for key, value in output.losses.items():
             self.sums[key] = self.sums.get(key, zero) + value.detach().float() * size
         self.sums["loss"] = self.sums.get("loss", zero) + loss.detach().float() * size
-        if uses_labels:
+        if uses_labels:  # over labelled samples (target -1: unlabelled, data.labelled)
             self.correct += (output.logits.detach().argmax(1) == batch.targets).sum()
+            self.labelled += (batch.targets >= 0).sum()
 
     def running_loss(self) -> float:
         return self.sums["loss"].item() / max(self.seen, 1) if "loss" in self.sums else math.nan
@@ -126,14 +129,16 @@ class EpochTotals:
         values = {
             **{k: v.item() for k, v in self.sums.items()},
             "correct": self.correct.item(),
+            "labelled": self.labelled.item(),
             "seen": float(self.seen),
         }
         totals = reduce_sums(values, self.device)
         seen_all = max(totals.pop("seen"), 1.0)
         correct_all = totals.pop("correct")
+        labelled_all = max(totals.pop("labelled"), 1.0)
         result = {f"train_{k}": v / seen_all for k, v in totals.items()}
         if uses_labels:
-            result["train_acc"] = 100.0 * correct_all / seen_all
+            result["train_acc"] = 100.0 * correct_all / labelled_all
         result["train_skipped_steps"] = float(self.skipped)
         return result
 

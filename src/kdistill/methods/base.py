@@ -56,6 +56,8 @@ class MethodTraits:
     uses_labels: bool = True  # False: the loss never reads targets (train accuracy is not logged)
     teacher_logits_only: bool = False  # only the teachers' logits are read: they may be served from a cache
     augments_batches: bool = False  # augment_batch changes the inputs (mixup, crops on the device)
+    # the loss takes unlabelled samples (target -1, data.labelled): labels enter only through cross_entropy_loss
+    partial_labels: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or self.training not in TRAINING_MODES:

@@ -15,8 +15,16 @@ from kdistill.methods.base import Method, MethodTraits, register_method
 
 
 def cross_entropy_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Mean over the batch of -log softmax(logits)[target] (with optional label smoothing)."""
-    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    """Mean over the batch's labelled samples of -log softmax(logits)[target] (with optional label smoothing).
+
+    Unlabelled samples (target -1, ``data.labelled``) are left out; a batch without any label gives 0.
+    """
+    labelled = targets >= 0  # (B,)
+    if bool(labelled.all()):
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    if not bool(labelled.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[labelled], targets[labelled], label_smoothing=label_smoothing)
 
 
 def mixed_cross_entropy_loss(

@@ -57,7 +57,7 @@ class KD(Method[KDConfig]):
     """``ce_weight * CE(student, labels) + kd_weight * T^2 * KL(teacher_T || student_T)``."""
 
     # several teachers: distil from their probabilities averaged at T (AVEG)
-    traits = MethodTraits(kind="response", max_teachers=None, teacher_logits_only=True)
+    traits = MethodTraits(kind="response", max_teachers=None, teacher_logits_only=True, partial_labels=True)
 
     def resolve_traits(self) -> MethodTraits:
         return self.refined_traits(teacher_logits_only=len(self.teachers) == 1)  # the cache holds one set of logits
