@@ -12,6 +12,7 @@ from kdistill.config import MethodConfig
 from kdistill.contracts import Batch, StepOutput
 from kdistill.methods.base import Method, MethodTraits, register_method
 from kdistill.methods.ce import cross_entropy_loss
+from kdistill.methods.kd import standardize_logits
 
 
 def dkd_terms(
@@ -55,13 +56,18 @@ def dkd_loss(
 @dataclass
 class DKDConfig(MethodConfig):
     """mdistiller's CIFAR-100 defaults: CE 1, alpha 1, beta 8 (2 for resnet56/110 teachers, 6 for VGG/WRN
-    pairs), T 4, the DKD term ramped linearly over the first 20 epochs (factor min(epoch / 20, 1), epochs from 1)."""
+    pairs), T 4, the DKD term ramped linearly over the first 20 epochs (factor min(epoch / 20, 1), epochs from 1).
+
+    ``logit_standardization`` z-scores both logits first (:func:`kdistill.methods.kd.standardize_logits`);
+    sunshangquan/logit-standardization-KD's ``tools/train.py`` then sets T to the base temperature 2 and multiplies
+    alpha and beta by its kd weight (9 for resnet32x4 -> resnet8x4: alpha 9, beta 72)."""
 
     ce_weight: float = 1.0
     alpha: float = 1.0
     beta: float = 8.0
     temperature: float = 4.0
     warmup_epochs: int = 20
+    logit_standardization: bool = False
 
     RANGES = {"alpha": (0.0, None), "beta": (0.0, None), "warmup_epochs": (0, None)}
 
@@ -83,9 +89,11 @@ class DKD(Method[DKDConfig]):
 
     def training_step(self, batch: Batch) -> StepOutput:
         student_logits = self.student(batch.inputs)  # (B, K)
-        teacher_logits = self.teacher_logits(batch).float()
+        distilled, teacher_logits = student_logits.float(), self.teacher_logits(batch).float()
+        if self.config.logit_standardization:
+            distilled, teacher_logits = standardize_logits(distilled), standardize_logits(teacher_logits)
         loss = dkd_loss(
-            student_logits.float(),
+            distilled,
             teacher_logits,
             batch.targets,
             self.config.alpha,
