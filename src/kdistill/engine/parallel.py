@@ -61,4 +61,5 @@ def training_forward(method: Method[Any], device: torch.device) -> StepForward:
     module = TrainingStep(method)
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, not_synchronised(method))
     device_ids = [device.index] if device.type == "cuda" and device.index is not None else None
-    return DistributedDataParallel(module, device_ids=device_ids)
+    find_unused = method.traits.unused_parameters  # methods whose phases leave some parameters without gradient
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused)

@@ -6,6 +6,7 @@ its own (regressors, projectors, memories). The trainer calls only what is defin
 - ``training_step(batch) -> StepOutput``: the losses of one batch, already weighted;
 - ``forward(inputs) -> logits``: the deployable student's prediction (used by evaluation);
 - ``student_for_export()`` and ``deployed_parameters()``: what is deployed, and its parameter count;
+  ``deployables()``: every deployed network by name, when a method trains several (mutual learning's peers);
 - hooks the method may override: ``on_epoch_start``, ``augment_batch`` (batch-level augmentation run on
   the device, e.g. mixup), ``epoch_metrics``.
 
@@ -58,6 +59,8 @@ class MethodTraits:
     augments_batches: bool = False  # augment_batch changes the inputs (mixup, crops on the device)
     # the loss takes unlabelled samples (target -1, data.labelled): labels enter only through cross_entropy_loss
     partial_labels: bool = False
+    # some trainable parameters get no gradient in some steps (initialisation phases): DDP then looks for them
+    unused_parameters: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or self.training not in TRAINING_MODES:
@@ -243,6 +246,12 @@ class Method(nn.Module, Generic[ConfigT]):
     def student_for_export(self) -> nn.Module:
         """The module saved as the final student. SimKD returns encoder + projector + teacher head."""
         return self.student
+
+    def deployables(self) -> dict[str, nn.Module]:
+        """Every network this method deploys, by name; the first is what ``forward`` and ``student_for_export``
+        give (``student.pt``). Online methods (mutual learning) return each trained peer: with more than one, the
+        trainer evaluates each (``test_acc_<name>``, ...) and exports each (``<name>.pt``) besides ``student.pt``."""
+        return {"student": self.student_for_export()}
 
     def deployed_parameters(self) -> dict[str, Any]:
         """``params_deployed`` (what inference needs) and any method-specific counts behind it."""
