@@ -15,16 +15,17 @@ from kdistill.methods.base import Method, MethodTraits, register_method
 
 
 def cross_entropy_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Mean over the batch's labelled samples of -log softmax(logits)[target] (with optional label smoothing).
+    """Mean over the batch of -log softmax(logits)[target] (with optional label smoothing).
 
-    Unlabelled samples (target -1, ``data.labelled``) are left out; a batch without any label gives 0.
+    An unlabelled sample (target -1, ``data.labelled``) contributes 0 to the mean, so a labelled sample weighs what it
+    weighs in a fully labelled batch (averaging over the labelled ones alone would scale the few labels' gradient
+    up by B / labelled and destabilise training); a batch without any label gives 0.
     """
     labelled = targets >= 0  # (B,)
     if bool(labelled.all()):
         return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-    if not bool(labelled.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[labelled], targets[labelled], label_smoothing=label_smoothing)
+    per_sample = F.cross_entropy(logits, targets.clamp_min(0), label_smoothing=label_smoothing, reduction="none")
+    return (per_sample * labelled).sum() / targets.numel()
 
 
 def mixed_cross_entropy_loss(
