@@ -13,7 +13,7 @@ from kdistill.config import load_config, to_dict
 CONFIGS = Path(__file__).parent.parent / "configs" / "fashion_mnist"
 
 
-def test_demo_prints_a_table_with_mean_and_std(tmp_path, capsys):
+def test_demo_prints_both_settings_with_their_gains(tmp_path):
     result = api.demo(
         output_dir=str(tmp_path),
         trials=2,
@@ -22,14 +22,22 @@ def test_demo_prints_a_table_with_mean_and_std(tmp_path, capsys):
         train_subset=3000,
         overrides=["train.progress=false"],
         log=lambda _: None,
+        few_labels=api.FewLabels(labelled=200, alone_epochs=2),
     )
     table = result["table"]
-    assert "teacher CNN" in table and "student MLP + KD" in table and "±" in table
-    assert len(result["baseline"]) == len(result["distilled"]) == 2
-    assert all(s["final_test_acc"] > 50 for s in result["baseline"] + result["distilled"])  # chance is 10%
-    assert (tmp_path / "demo.md").read_text().startswith("| model")
+    assert "teacher CNN" in table and "student MLP + KD" in table and "200 labels + unlabelled" in table
+    assert table.count("±") >= 8  # accuracies of every student arm and both gains
+    arms = ("alone", "kd", "alone_few", "kd_few")
+    assert all(len(result[arm]) == 2 for arm in arms)
+    assert all(s["final_test_acc"] > 40 for arm in arms for s in result[arm])  # chance is 10%
+    # the few-labels arms: the student alone saw 200 images, the distilled one all 3000 (200 of them labelled)
+    # the teacher was paid once for these 3000 images: the few-labels runs read its logits from the store
+    assert all(s["teacher_store_misses"] == 0 and s["teacher_store_hits"] == 3 for s in result["kd_few"])
+    lines = (tmp_path / "few_labels_mlp_kd-seed0" / "metrics.jsonl").read_text()
+    assert '"train_kd"' in lines and '"train_ce"' in lines
+    assert (tmp_path / "demo.md").read_text().startswith("| setting")
     assert (tmp_path / "demo_test_acc.png").stat().st_size > 1000
-    assert (tmp_path / "student_mlp_kd-seed1" / "student.pt").is_file()
+    assert (tmp_path / "few_labels_mlp_kd-seed1" / "student.pt").is_file()
 
 
 @pytest.mark.parametrize(
