@@ -36,6 +36,9 @@ def test_one_step_trains_the_student_and_not_the_teacher(name):
     method.train()
     teacher_before = [p.detach().clone() for t in method.teachers for p in t.parameters()]
     student_before = [p.detach().clone() for p in method.student.parameters()]
+    # every network the method deploys (mutual learning: each peer) is optimised like the student
+    deployed = {name: list(module.parameters()) for name, module in method.deployables().items()}
+    deployed_before = {name: [p.detach().clone() for p in params] for name, params in deployed.items()}
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.1)
     batch = method.augment_batch(make_batch(), torch.Generator().manual_seed(1))
     output = method.training_step(batch)
@@ -46,8 +49,12 @@ def test_one_step_trains_the_student_and_not_the_teacher(name):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.student.parameters()), (
         "student got no gradient"
     )
+    for name, params in deployed.items():
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params), f"{name} got no gradient"
     optimizer.step()
     assert all(torch.equal(a, p) for a, p in zip(teacher_before, (p for t in method.teachers for p in t.parameters())))
     assert any(not torch.equal(a, p) for a, p in zip(student_before, method.student.parameters()))
+    for name, params in deployed.items():
+        assert any(not torch.equal(a, p) for a, p in zip(deployed_before[name], params)), f"{name} did not change"
     for teacher in method.teachers:
         assert not teacher.training, "teachers must stay in eval mode"

@@ -52,6 +52,8 @@ def export_run(
     run_dir: str | Path, fmt: str, output: str | Path | None = None, parity_samples: int = 256
 ) -> dict[str, Any]:
     """Export ``<run_dir>/student.pt`` as ``fmt`` (torchscript | onnx | safetensors); returns the parity check.
+    ``run_dir`` may also name one export file of a run, e.g. ``<run>/peer2.pt`` of a mutual-learning run (the
+    artifact is then ``export/peer2.<ext>``, its parity check ``export/parity_peer2_<fmt>.json``).
 
     ``output`` replaces the default ``<run_dir>/export/student.<ext>``; the metadata goes next to it as
     ``<stem>.json``. The parity check (``<run_dir>/export/parity_<fmt>.json``) compares the artifact's logits
@@ -65,7 +67,8 @@ def export_run(
     module, config, info = load_student(student_path)
     data = _run_data(config)
     images, targets = _test_images(data, parity_samples)  # (N, C, H, W), (N,)
-    artifact = Path(output) if output is not None else run / "export" / f"student{FORMATS[fmt]}"
+    stem = student_path.stem  # "student", or another deployed network of the run ("peer2")
+    artifact = Path(output) if output is not None else run / "export" / f"{stem}{FORMATS[fmt]}"
     if artifact.resolve() == student_path.resolve():
         raise ConfigError(f"--output {artifact} is the run's own student.pt; choose another path")
     metadata = _metadata(config, info, data, run, student_path)
@@ -82,13 +85,15 @@ def export_run(
     metadata_path = artifact.with_suffix(".json")
     _write_metadata(metadata_path, metadata, fmt, artifact)
     parity["metadata"] = str(metadata_path)
-    atomic_write_text(json.dumps(parity, indent=2) + "\n", run / "export" / f"parity_{fmt}.json")
+    parity_name = f"parity_{fmt}.json" if stem == "student" else f"parity_{stem}_{fmt}.json"
+    atomic_write_text(json.dumps(parity, indent=2) + "\n", run / "export" / parity_name)
     return parity
 
 
 def _locate_student(path: Path) -> tuple[Path, Path]:
-    """(run directory, its student.pt) for a run directory or a student.pt inside one."""
-    if path.is_file() and path.name == "student.pt":
+    """(run directory, its student.pt) for a run directory, or (its directory, the file) for a student export
+    inside one (``student.pt``, or ``peer2.pt`` of a method that deploys several networks)."""
+    if path.is_file() and path.suffix == ".pt" and path.name not in ("best.pt", "last.pt"):
         return path.parent, path
     if not path.is_dir():
         raise CheckpointError(

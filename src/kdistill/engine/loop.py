@@ -24,8 +24,8 @@ from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput, Trainin
 from kdistill.data import Data, build_data, data_info, make_loader, start_epoch
 from kdistill.engine.builders import autocast, build_method, preflight, resolve_architectures, resolve_device
 from kdistill.engine.checkpoint import Position, checkpoint_payload, restore, save_last
-from kdistill.engine.evaluation import evaluate
-from kdistill.engine.export import save_student
+from kdistill.engine.evaluation import evaluate_deployables
+from kdistill.engine.export import save_deployables
 from kdistill.engine.optim import build_optimizer, build_scheduler
 from kdistill.engine.parallel import StepForward, convert_sync_batchnorm, training_forward
 from kdistill.engine.run_dir import RunDir, TrackerFactory, read_metrics, read_summary
@@ -367,10 +367,12 @@ def _evaluate_epoch(state: RunState, epoch: int, record: dict[str, Any]) -> None
     assert state.references is not None
     for split, loader in state.eval_loaders.items():
         teacher_logits = state.references.eval_logits.get(split)
-        result = evaluate(state.method, loader, state.device, teacher_logits, state.config.train.amp)
-        if not math.isfinite(result["loss"]):
+        result = evaluate_deployables(state.method, loader, state.device, teacher_logits, state.config.train.amp)
+        losses = {key: value for key, value in result.items() if key.split("_")[0] == "loss"}  # each network's
+        bad = {key: value for key, value in losses.items() if not math.isfinite(value)}
+        if bad:
             raise TrainingDivergedError(
-                f"evaluation on {split} after epoch {epoch + 1} gave a non-finite loss ({result['loss']}): the model "
+                f"evaluation on {split} after epoch {epoch + 1} gave a non-finite loss ({bad}): the model "
                 "diverged. Nothing was saved from this epoch; last.pt holds the last good state. Lower optim.lr or "
                 "set optim.clip_grad_norm."
             )
@@ -467,7 +469,7 @@ def finish_run(state: RunState, last_eval: dict[str, Any]) -> dict[str, Any]:
     """Write the deployable student and ``summary.json``; returns the summary."""
     config, best = state.config, state.position.best
     if is_main_process():
-        save_student(state.method, config, state.info, state.run.path / "student.pt")
+        save_deployables(state.method, config, state.info, state.run.path)
     summary = {
         "name": config.name,
         "method": config.method.name,
@@ -547,5 +549,6 @@ def fit(
 
 def _format_record(record: dict[str, Any]) -> str:
     keys = ["train_loss", "train_acc", "val_acc", "test_acc", "test_agreement"]
+    keys += [key for key in record if key.startswith("test_acc_")]  # each deployed network's (mutual learning)
     parts = [f"epoch {record['epoch']}"] + [f"{k}={record[k]:.4g}" for k in keys if k in record]
     return "  ".join(parts) + f"  ({record['epoch_time_s']:.1f}s)"
