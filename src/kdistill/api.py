@@ -149,9 +149,9 @@ class FewLabels:
     in docs/results.md ("The demo's settings")."""
 
     labelled: int = 1000
-    alone_epochs: int = 30
+    alone_epochs: int = 100
     alone_lr: float = 0.05
-    temperature: float = 4.0
+    temperature: float = 1.0
     kd_weight: float = 0.9  # lambda: (1 - lambda) CE on the labelled samples + lambda T^2 KL on all
 
 
