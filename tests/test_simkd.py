@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -384,3 +386,203 @@ def test_label_filter_kept_fraction_reaches_the_metrics(tmp_path, digits_teacher
     assert 0.8 < kept <= 1.0  # the digits teacher is > 85% accurate on its own training data
     assert summary["params_deployed"] == summary["student_parameters"]
     assert 0.0 < summary["pruning_ratio"] < 1.0
+
+
+# ----------------------------------------------------------------------------- projector layouts (paper Table 5)
+
+
+@pytest.mark.parametrize(
+    ("layout", "convs", "expected"),
+    [
+        # (12, 4, 4) -> (32, 4, 4), r = 2: mid width 16; each conv is followed by BN (2 parameters per channel)
+        ("1x1", [(12, 32, 1, 1)], 12 * 32 + 2 * 32),
+        ("1x1-1x1", [(12, 16, 1, 1), (16, 32, 1, 1)], (12 * 16 + 2 * 16) + (16 * 32 + 2 * 32)),
+        (
+            "1x1-dw3x3-1x1",
+            [(12, 16, 1, 1), (16, 16, 3, 16), (16, 32, 1, 1)],
+            (12 * 16 + 2 * 16) + (16 * 9 + 2 * 16) + (16 * 32 + 2 * 32),
+        ),
+        (
+            "1x1-3x3-1x1",
+            [(12, 16, 1, 1), (16, 16, 3, 1), (16, 32, 1, 1)],
+            (12 * 16 + 2 * 16) + (16 * 16 * 9 + 2 * 16) + (16 * 32 + 2 * 32),
+        ),
+    ],
+)
+def test_projector_layouts_and_their_parameter_counts(layout, convs, expected):
+    projector = SimKDProjector((12, 4, 4), (32, 4, 4), factor=2, layout=layout)
+    layers = list(projector.transfer)
+    assert [type(layer) for layer in layers] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] * len(convs)
+    found = [(c.in_channels, c.out_channels, c.kernel_size[0], c.groups) for c in layers[::3]]
+    assert found == convs
+    assert all(c.bias is None for c in layers[::3])
+    assert sum(p.numel() for p in projector.parameters()) == expected
+    assert projector(torch.randn(2, 12, 4, 4)).shape == (2, 32, 4, 4)
+    method = build(projector=layout)
+    assert parameter_report(method)["params_projector"] == expected
+    method.train()
+    method.training_step(batch()).loss.backward()
+    assert all(p.grad is not None for p in method.projectors.parameters())
+
+
+def test_table5_projector_counts_for_resnet32x4_to_resnet8x4():
+    """C_s = C_t = 256, r = 2 (mid 128): the four projectors of Table 5, counted by hand."""
+    hand = {
+        "1x1": 256 * 256 + 2 * 256,
+        "1x1-1x1": (256 * 128 + 2 * 128) + (128 * 256 + 2 * 256),
+        "1x1-dw3x3-1x1": (256 * 128 + 2 * 128) + (128 * 9 + 2 * 128) + (128 * 256 + 2 * 256),
+        "1x1-3x3-1x1": (256 * 128 + 2 * 128) + (128 * 128 * 9 + 2 * 128) + (128 * 256 + 2 * 256),
+    }
+    for layout, expected in hand.items():
+        projector = SimKDProjector((256, 8, 8), (256, 8, 8), factor=2, layout=layout)
+        assert sum(p.numel() for p in projector.parameters()) == expected, layout
+
+
+def test_projector_layout_is_validated_in_problems():
+    config_cls = METHODS.get("simkd").config_class
+    assert config_cls().projector == "1x1-3x3-1x1"
+    problems = config_cls(projector="3x3").problems()
+    assert problems == ["projector='3x3'; valid: 1x1, 1x1-1x1, 1x1-dw3x3-1x1, 1x1-3x3-1x1"]
+    with pytest.raises(ConfigError, match="projector='3x3'; valid: 1x1, 1x1-1x1"):
+        build(projector="3x3")
+
+
+# ----------------------------------------------------------------------------- reused teacher stages (Table S.10)
+
+
+def test_reused_teacher_stage_chain_and_loss():
+    # student stages 8x8x8, 16x4x4, 24x2x2 cut after stage 2; teacher stages 8x8x8, 16x4x4, 24x2x2: stage 3 reused
+    method = build(student=TEACHER_3, teachers=(TEACHER_3,), seed=1, reuse_teacher_stages=1).eval()
+    b = batch()
+    with torch.no_grad():
+        student_map = method.student.stages[1](method.student.stages[0](b.inputs))  # (B, 16, 4, 4)
+        projected = method.projectors[0](student_map)  # (B, 16, 4, 4)
+        expected_logits = method.teacher.head(method.teacher.stages[2](projected))
+        target = method.teacher.forward_features(b.inputs).stages[1]
+        output = method.training_step(b)
+        assert torch.equal(output.logits, expected_logits)
+        assert torch.equal(method(b.inputs), expected_logits)
+        assert output.losses["simkd"].item() == pytest.approx(nn.MSELoss()(projected, target).item(), rel=1e-6)
+        exported = method.student_for_export()
+        assert torch.equal(exported(b.inputs), expected_logits)
+        assert [tuple(s.shape[1:]) for s in exported.forward_features(b.inputs).stages] == [
+            (8, 8, 8),
+            (16, 4, 4),
+            (16, 4, 4),
+            (24, 2, 2),
+        ]
+    method.train()
+    method.training_step(b).loss.backward()
+    assert all(p.grad is not None for p in method.projectors.parameters())
+    assert all(p.grad is not None for p in method.student.stages[:2].parameters())
+    assert all(p.grad is None for p in method.student.stages[2].parameters()), "the dropped student stage is unused"
+    assert all(p.grad is None for p in method.teacher.parameters())
+
+
+def test_reused_teacher_stages_parameter_count_by_hand():
+    method = build(student=TEACHER_3, teachers=(TEACHER_3,), reuse_teacher_stages=1)
+    kept_student = _conv_bn(1, 8, 3) + _conv_bn(8, 16, 3)
+    projector = _conv_bn(16, 8, 1) + _conv_bn(8, 8, 3) + _conv_bn(8, 16, 1)  # 16 -> 16, r = 2
+    reused_teacher = _conv_bn(16, 24, 3)
+    head = 24 * NUM_CLASSES + NUM_CLASSES
+    teacher = _conv_bn(1, 8, 3) + _conv_bn(8, 16, 3) + _conv_bn(16, 24, 3) + head
+    report = parameter_report(method)
+    assert report["params_projector"] == projector
+    assert report["params_reused_teacher_stages"] == reused_teacher
+    assert report["params_deployed"] == kept_student + projector + reused_teacher + head
+    assert report["params_deployed"] == sum(p.numel() for p in method.student_for_export().parameters())
+    assert report["pruning_ratio"] == pytest.approx(1 - report["params_deployed"] / teacher)
+    # the exported chain reloads from its own state dict
+    fresh = build(student=TEACHER_3, teachers=(TEACHER_3,), seed=5, reuse_teacher_stages=1).student_for_export()
+    fresh.load_state_dict(method.student_for_export().state_dict())
+    b = batch()
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(b.inputs), method.eval()(b.inputs))
+
+
+def test_simkd_plus_pruning_ratio_resnet32x4_to_resnet8x4():
+    """Table S.10: SimKD+ 19.21%. Our reading (resnet8x4's stages 1-2 -> projector 128 -> 128 -> resnet32x4's
+    stage 3 + classifier) counts 58,656 + 230,144 + 53,760 + 5,641,728 + 25,700 = 6,009,988 parameters: 19.15%."""
+    info = DataInfo(num_classes=100, input_shape=(3, 32, 32), num_train=50000)
+    teacher = build_model(ModelConfig(name="resnet32x4"), 100, (3, 32, 32))
+    student = build_model(ModelConfig(name="resnet8x4"), 100, (3, 32, 32))
+    simkd_cls = METHODS.get("simkd")
+    report = parameter_report(simkd_cls(student, [teacher], simkd_cls.config_class(reuse_teacher_stages=1), info))
+    assert report["params_deployed"] == 6_009_988
+    assert report["params_reused_teacher_stages"] == 5_641_728
+    assert report["pruning_ratio"] == pytest.approx(0.1921, abs=1e-3)
+
+
+def test_reused_teacher_stages_are_checked():
+    with pytest.raises(ConfigError, match="below the student's"):
+        build(reuse_teacher_stages=2)  # the student has 2 stages
+    with pytest.raises(ConfigError, match="single teacher"):
+        build(teachers=(TEACHER, TEACHER), reuse_teacher_stages=1)
+    with pytest.raises(ConfigError, match="projectors=final"):
+        build(student=TEACHER_3, teachers=(TEACHER_3,), reuse_teacher_stages=1, projectors="multi")
+    mlp = ModelConfig(name="mlp", kwargs={"hidden": [8, 8]})
+    with pytest.raises(ConfigError):
+        build(student=mlp, reuse_teacher_stages=1)
+
+
+# ----------------------------------------------------------------------------- sequential (Table 4)
+
+
+def test_sequential_trains_only_a_fresh_classifier_on_the_frozen_encoder():
+    torch.manual_seed(0)
+    info = DataInfo(num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE, num_train=32)
+    method_cls = METHODS.get("simkd_sequential")
+    student = build_model(STUDENT, NUM_CLASSES, INPUT_SHAPE)
+    encoder_before = {k: v.clone() for k, v in student.state_dict().items() if not k.startswith("head.")}
+    classifier_before = student.head.fc.weight.detach().clone()
+    method = method_cls(student, [], method_cls.config_class(), info)
+    assert not torch.equal(student.head.fc.weight, classifier_before), "the classifier is re-initialised"
+    assert {id(p) for p in method.trainable_parameters()} == {id(p) for p in student.head.parameters()}
+    method.train()
+    assert not method.student.stages.training, "the frozen encoder keeps its BN statistics"
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.5)
+    b = batch(size=16)
+    losses = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        output = method.training_step(b)
+        output.loss.backward()
+        optimizer.step()
+        losses.append(output.loss.item())
+    assert losses[-1] < losses[0]
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(method.student.eval()(b.inputs), b.targets)
+    assert set(output.losses) == {"ce"}
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in encoder_before.items()), "the encoder moved"
+    assert method.student_for_export() is student
+    method.eval()
+    assert method.training_step(b).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_sequential_on_a_digits_simkd_run(tmp_path, digits_teacher):
+    """SimKD on digits, then Table 4's sequential step loads its student encoder (student.pt, key ``student.``),
+    keeps it frozen and trains a new classifier well above chance (10%)."""
+    from kdistill.engine.loop import fit
+    from kdistill.models.loading import extract_state_dict, read_checkpoint
+
+    from helpers import digits_config
+
+    cnn = ["student.name=cnn", "student.kwargs={channels: [8, 16], hidden: 32, padding: 1}"]
+    simkd = digits_config(tmp_path, "simkd", "method.name=simkd", f"teacher.checkpoint={digits_teacher}", *cnn)
+    simkd_summary = fit(simkd, log=lambda _: None)
+    export = Path(simkd_summary["run_dir"]) / "student.pt"
+    sequential = digits_config(
+        tmp_path,
+        "sequential",
+        "method.name=simkd_sequential",
+        *cnn,
+        f"student.checkpoint={export}",
+        "student.checkpoint_key=student.",
+        "train.epochs=4",
+    )
+    summary = fit(sequential, log=lambda _: None)
+    assert summary["final_test_acc"] > 50.0, summary
+    encoder = extract_state_dict(read_checkpoint(export), "student.")
+    trained = extract_state_dict(read_checkpoint(Path(summary["run_dir"]) / "student.pt"))
+    assert all(torch.equal(trained[k], v) for k, v in encoder.items() if not k.startswith("head."))
+    assert not torch.equal(trained["head.fc.weight"], encoder["head.fc.weight"])

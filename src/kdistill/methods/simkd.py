@@ -30,6 +30,18 @@ Variants (seed 003), all by config:
   projector aligned to the average of the teachers' final maps (same shapes required) and averages the
   teachers' classifier outputs on that one map. (The paper's text on this could not be checked here;
   both forms are documented choices.)
+- ``projector`` (paper Table 5, resnet32x4 -> resnet8x4: 75.15 / 75.71 / 77.76 / 78.08): ``1x1`` = one 1x1 conv
+  C_s -> C_t; ``1x1-1x1`` = 1x1 C_s -> C_t/r, 1x1 -> C_t; ``1x1-dw3x3-1x1`` = the default with the 3x3 conv
+  depthwise (``groups = C_t/r``: the line the reference ``models/util.py`` leaves commented out);
+  ``1x1-3x3-1x1`` (default) = the reference projector. Every conv without bias and followed by BN + ReLU, as
+  the reference's layers. The reference code has only the last two; the first two follow the table's names.
+- ``reuse_teacher_stages`` (paper Table S.10, "SimKD+"): k > 0 cuts the student after its stage S-k, projects
+  that map to the teacher's stage T-k output (the l2 target), and runs the teacher's last k stages (frozen) and
+  its classifier on it. The deployable student is student stages 1..S-k + projector + teacher stages T-k+1..T +
+  head. Our reading, from the pruning ratio: k = 1 on resnet32x4 -> resnet8x4 gives 19.15% against S.10's
+  19.21% for SimKD+; the reference code has no SimKD+ / SimKD++ and the appendix text was not available here,
+  so the layout of the paper's SimKD++ (15.97%) is not reproduced (k = 2 gives 3.80%). Needs models that
+  expose ``stage_modules()`` (CIFAR ResNets, cnn) and a single teacher with ``projectors: final``.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ from kdistill.models.taps import Features, TappedModel, as_tapped, count_paramet
 
 LOSSES = ("l2", "cosine", "kl")
 PROJECTOR_MODES = ("final", "multi", "all")
+PROJECTOR_LAYOUTS = ("1x1", "1x1-1x1", "1x1-dw3x3-1x1", "1x1-3x3-1x1")  # paper Table 5
 MULTI_TEACHER_MODES = ("per_teacher", "average")
 
 
@@ -82,30 +95,46 @@ def simkd_loss(projected: Tensor, target: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- modules
 
 
+def projector_convs(c_s: int, c_t: int, factor: int, layout: str) -> list[nn.Conv2d]:
+    """The convolutions of a projector ``layout`` (paper Table 5), all without bias; mid width C_t / r."""
+    mid = max(c_t // factor, 1)
+    if layout == "1x1":
+        return [nn.Conv2d(c_s, c_t, 1, bias=False)]
+    if layout == "1x1-1x1":
+        return [nn.Conv2d(c_s, mid, 1, bias=False), nn.Conv2d(mid, c_t, 1, bias=False)]
+    if layout not in ("1x1-dw3x3-1x1", "1x1-3x3-1x1"):
+        raise ConfigError(f"simkd: method.projector={layout!r}; valid: {', '.join(PROJECTOR_LAYOUTS)}")
+    groups = mid if layout == "1x1-dw3x3-1x1" else 1
+    return [
+        nn.Conv2d(c_s, mid, 1, bias=False),
+        nn.Conv2d(mid, mid, 3, padding=1, groups=groups, bias=False),
+        nn.Conv2d(mid, c_t, 1, bias=False),
+    ]
+
+
 class SimKDProjector(nn.Module):
-    """1x1 conv (C_s -> C_t / r) -> BN -> ReLU -> 3x3 conv (pad 1) -> BN -> ReLU -> 1x1 conv (-> C_t) -> BN -> ReLU.
+    """Default (``1x1-3x3-1x1``): 1x1 conv (C_s -> C_t / r) -> BN -> ReLU -> 3x3 conv (pad 1) -> BN -> ReLU ->
+    1x1 conv (-> C_t) -> BN -> ReLU; the other layouts of :func:`projector_convs` likewise, each conv + BN + ReLU.
 
     All convolutions without bias and the 3x3 one not grouped, as in DefangChen/SimKD ``models/util.py``.
     A student map taller than the teacher's is average-pooled to the teacher's (H, W) first (the
     reference's spatial alignment, applied at inference too).
     """
 
-    def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], factor: int = 2) -> None:
+    def __init__(
+        self,
+        student_shape: tuple[int, ...],
+        teacher_shape: tuple[int, ...],
+        factor: int = 2,
+        layout: str = "1x1-3x3-1x1",
+    ) -> None:
         super().__init__()
         (c_s, h_s, _), (c_t, h_t, w_t) = student_shape, teacher_shape
-        mid = max(c_t // factor, 1)
         self.pool_to: tuple[int, int] | None = (h_t, w_t) if h_s > h_t else None
-        self.transfer = nn.Sequential(
-            nn.Conv2d(c_s, mid, 1, bias=False),
-            nn.BatchNorm2d(mid),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
-            nn.BatchNorm2d(mid),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid, c_t, 1, bias=False),
-            nn.BatchNorm2d(c_t),
-            nn.ReLU(inplace=True),
-        )
+        layers: list[nn.Module] = []
+        for conv in projector_convs(c_s, c_t, factor, layout):
+            layers += [conv, nn.BatchNorm2d(conv.out_channels), nn.ReLU(inplace=True)]
+        self.transfer = nn.Sequential(*layers)
 
     def forward(self, student_map: Tensor) -> Tensor:
         if self.pool_to is not None:
@@ -169,6 +198,49 @@ class SimKDStudent(TappedModel):
         return self.heads[0] if len(self.heads) == 1 else AveragedHeads(list(self.heads))
 
 
+class ReusedStagesStudent(TappedModel):
+    """SimKD+ (``reuse_teacher_stages`` k > 0): the student's first stages -> projector -> the teacher's last k
+    stages (frozen) -> the teacher's classifier head. ``stages`` = the student's kept stages, the projected
+    map, then each reused teacher stage's output."""
+
+    def __init__(
+        self, student_stages: list[nn.Module], projector: nn.Module, teacher_stages: list[nn.Module], head: nn.Module
+    ) -> None:
+        super().__init__()
+        self.student_stages = nn.ModuleList(student_stages)
+        self.projector = projector
+        self.teacher_stages = nn.ModuleList(teacher_stages)
+        self.head = head
+
+    def forward_features(self, x: Tensor) -> Features:
+        stages = []
+        for stage in self.student_stages:
+            x = stage(x)  # (B, C_i, H_i, W_i)
+            stages.append(x)
+        x = self.projector(x)  # (B, C_t, H, W): the teacher's stage T-k map
+        stages.append(x)
+        for stage in self.teacher_stages:
+            x = stage(x)
+            stages.append(x)
+        pool = getattr(self.head, "pool", None)
+        embedding = pool(x) if pool is not None else torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return Features(stages=stages, embedding=embedding, logits=self.head(x))
+
+    def classifier_head(self) -> nn.Module:
+        return self.head
+
+
+def stage_modules_of(model: nn.Module, who: str) -> list[nn.Module]:
+    """A model's per-stage modules (``TappedModel.stage_modules``), or a ConfigError naming those that have them."""
+    try:
+        return as_tapped(model).stage_modules()
+    except NotImplementedError:
+        raise ConfigError(
+            f"simkd: reuse_teacher_stages needs a {who} that exposes stage_modules() (CIFAR ResNets, cnn); "
+            f"{type(model).__name__} does not"
+        ) from None
+
+
 # ----------------------------------------------------------------------------- method
 
 
@@ -182,13 +254,29 @@ class SimKDConfig(MethodConfig):
     multi_weight: float = 1.0 / 3.0  # ``multi``: weight of the ~2/3-depth projector; the final one gets the rest
     label_filter: bool = False  # only samples the teacher classifies correctly contribute
     multi_teacher: str = "per_teacher"  # per_teacher | average (several teachers)
+    projector: str = "1x1-3x3-1x1"  # Table 5: 1x1 | 1x1-1x1 | 1x1-dw3x3-1x1 | 1x1-3x3-1x1
+    reuse_teacher_stages: int = 0  # S.10: 0 = SimKD; k > 0 = the teacher's last k stages replace the student's
     weight: float = 1.0  # the SimKD loss (beta)
     ce_weight: float = 0.0  # CE of the reused-classifier logits
     kd_weight: float = 0.0  # Hinton KD of the reused-classifier logits
     temperature: float = 4.0  # for loss=kl and kd_weight
 
-    CHOICES = {"loss": LOSSES, "projectors": PROJECTOR_MODES, "multi_teacher": MULTI_TEACHER_MODES}
-    RANGES = {"factor": (1, None), "multi_weight": (0.0, 1.0)}
+    CHOICES = {
+        "loss": LOSSES,
+        "projectors": PROJECTOR_MODES,
+        "multi_teacher": MULTI_TEACHER_MODES,
+        "projector": PROJECTOR_LAYOUTS,
+    }
+    RANGES = {"factor": (1, None), "multi_weight": (0.0, 1.0), "reuse_teacher_stages": (0, None)}
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if self.reuse_teacher_stages and self.projectors != "final":
+            found.append(
+                f"reuse_teacher_stages={self.reuse_teacher_stages} works with projectors=final only "
+                f"(got {self.projectors!r})"
+            )
+        return found
 
 
 @register_method("simkd")
@@ -201,23 +289,19 @@ class SimKD(Method[SimKDConfig]):
 
     def __init__(self, student, teachers, config: SimKDConfig, info: DataInfo) -> None:
         super().__init__(student, teachers, config, info)
-        for key, value, valid in (
-            ("loss", config.loss, LOSSES),
-            ("projectors", config.projectors, PROJECTOR_MODES),
-            ("multi_teacher", config.multi_teacher, MULTI_TEACHER_MODES),
-        ):
-            if value not in valid:
-                raise ConfigError(f"simkd: method.{key}={value!r}; valid: {', '.join(valid)}")
-        if config.factor < 1:
-            raise ConfigError(f"simkd: method.factor must be >= 1, got {config.factor}")
+        problems = config.problems()
+        if problems:
+            raise ConfigError(f"simkd: method.{problems[0]}")
         student_shapes = feature_shapes(student, info.input_shape).stages
         teacher_shapes = [feature_shapes(t, info.input_shape).stages for t in self.teachers]
-        require_maps(student_shapes[-1:], "simkd", "student")
-        for shapes in teacher_shapes:
-            require_maps(shapes[-1:], "simkd", "teacher")
         several = len(self.teachers) > 1
         if several and config.projectors != "final":
             raise ConfigError("simkd: projectors 'multi' / 'all' are implemented for a single teacher")
+        self.reuse = config.reuse_teacher_stages  # k: the teacher's last k stages are reused (SimKD+)
+        self.student_index, self.teacher_index = self._projected_stages(len(student_shapes), len(teacher_shapes[0]))
+        require_maps([student_shapes[self.student_index]], "simkd", "student")
+        for shapes in teacher_shapes:
+            require_maps([shapes[self.teacher_index]], "simkd", "teacher")
         self.average_teachers = several and config.multi_teacher == "average"
         if self.average_teachers and len({shapes[-1] for shapes in teacher_shapes}) > 1:
             raise ConfigError(
@@ -225,11 +309,39 @@ class SimKD(Method[SimKDConfig]):
             )
         targets = teacher_shapes[:1] if (self.average_teachers or not several) else teacher_shapes
         self.projectors = nn.ModuleList(
-            SimKDProjector(student_shapes[-1], shapes[-1], config.factor) for shapes in targets
+            SimKDProjector(
+                student_shapes[self.student_index], shapes[self.teacher_index], config.factor, config.projector
+            )
+            for shapes in targets
         )
+        self._set_extra_projectors(student_shapes, teacher_shapes[0])
+        self.last_kept_fraction = 1.0
+        self.kept_samples = 0
+        self.seen_samples = 0
 
-        # training-only projectors: (student stage, teacher stage, weight)
-        num_s, num_t = len(student_shapes), len(teacher_shapes[0])
+    def _projected_stages(self, num_s: int, num_t: int) -> tuple[int, int]:
+        """(student stage, teacher stage) the inference projector connects: the final maps, or with
+        ``reuse_teacher_stages`` k the student's stage S-k and the teacher's stage T-k (1-based)."""
+        k = self.reuse
+        if not k:
+            return -1, -1  # the final maps (each teacher's own last stage)
+        if len(self.teachers) != 1:
+            raise ConfigError("simkd: reuse_teacher_stages needs a single teacher")
+        if k >= min(num_s, num_t):
+            raise ConfigError(
+                f"simkd: reuse_teacher_stages={k} must be below the student's ({num_s}) and the teacher's ({num_t}) "
+                "number of stages"
+            )
+        stage_modules_of(self.student, "student")
+        stage_modules_of(self.teacher, "teacher")
+        return num_s - 1 - k, num_t - 1 - k
+
+    def _set_extra_projectors(
+        self, student_shapes: list[tuple[int, ...]], teacher_shapes: list[tuple[int, ...]]
+    ) -> None:
+        """Training-only projectors (``projectors: multi | all``): pairs (student stage, teacher stage) and weights."""
+        config = self.config
+        num_s, num_t = len(student_shapes), len(teacher_shapes)
         self.extra_pairs: list[tuple[int, int]] = []
         if config.projectors == "multi":
             s = max(0, round(2 * num_s / 3) - 1)
@@ -244,20 +356,23 @@ class SimKD(Method[SimKDConfig]):
             self.final_weight, self.extra_weights = 1.0, []
         if self.extra_pairs:
             require_maps([student_shapes[i] for i, _ in self.extra_pairs], "simkd", "student")
-            require_maps([teacher_shapes[0][j] for _, j in self.extra_pairs], "simkd", "teacher")
+            require_maps([teacher_shapes[j] for _, j in self.extra_pairs], "simkd", "teacher")
         self.extra_projectors = nn.ModuleList(
-            SimKDProjector(student_shapes[i], teacher_shapes[0][j], config.factor) for i, j in self.extra_pairs
+            SimKDProjector(student_shapes[i], teacher_shapes[j], config.factor, config.projector)
+            for i, j in self.extra_pairs
         )
-        self.last_kept_fraction = 1.0
-        self.kept_samples = 0
-        self.seen_samples = 0
 
     # ------------------------------------------------------------------ deployment
     def teacher_heads(self) -> list[nn.Module]:
         return [as_tapped(teacher).classifier_head() for teacher in self.teachers]
 
-    def student_for_export(self) -> SimKDStudent:
-        """Encoder + inference projector(s) + the teachers' heads (shared with the frozen teachers)."""
+    def student_for_export(self) -> SimKDStudent | ReusedStagesStudent:
+        """Encoder + inference projector(s) + the teachers' heads (shared with the frozen teachers); with
+        ``reuse_teacher_stages``: the student's kept stages + projector + the teacher's last stages + head."""
+        if self.reuse:
+            student_stages = stage_modules_of(self.student, "student")[: self.student_index + 1]
+            teacher_stages = stage_modules_of(self.teacher, "teacher")[self.teacher_index + 1 :]
+            return ReusedStagesStudent(student_stages, self.projectors[0], teacher_stages, self.teacher_heads()[0])
         return SimKDStudent(as_tapped(self.student), self.projectors, self.teacher_heads())
 
     def forward(self, inputs: Tensor) -> Tensor:
@@ -265,15 +380,22 @@ class SimKD(Method[SimKDConfig]):
 
     def deployed_parameters(self) -> dict[str, Any]:
         """Seed 003's count: student as built + inference projector(s) + Delta, where Delta = teacher
-        classifier(s) - student classifier (= encoder + projector + reused head; training-only projectors excluded)."""
+        classifier(s) - student classifier (= encoder + projector + reused head; training-only projectors excluded).
+        With ``reuse_teacher_stages``: what the deployable chain holds (kept student stages + projector + reused
+        teacher stages + head), the student's dropped stages and classifier excluded."""
         projector = count_parameters(self.projectors)
         delta = sum(classifier_count(t) or 0 for t in self.teachers) - (classifier_count(self.student) or 0)
-        return {
+        counts = {
             "params_deployed": count_parameters(self.student) + projector + delta,
             "params_projector": projector,
             "params_training_only_projectors": count_parameters(self.extra_projectors),
             "params_classifier_delta": delta,
         }
+        export = self.student_for_export()
+        if isinstance(export, ReusedStagesStudent):
+            counts["params_deployed"] = count_parameters(export)
+            counts["params_reused_teacher_stages"] = count_parameters(export.teacher_stages)
+        return counts
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         super().on_epoch_start(epoch, num_epochs)
@@ -291,32 +413,43 @@ class SimKD(Method[SimKDConfig]):
             return simkd_cosine_per_sample(projected.float(), target.float())
         return simkd_l2_per_sample(projected.float(), target.float())
 
-    def training_step(self, batch: Batch) -> StepOutput:
-        config = self.config
-        student_features = as_tapped(self.student).forward_features(batch.inputs)
-        with torch.no_grad():
-            teacher_features = [as_tapped(teacher).forward_features(batch.inputs) for teacher in self.teachers]
-        teacher_logits = torch.stack([f.logits.float() for f in teacher_features]).mean(
-            0
-        )  # (B, K) averaged classifier outputs
+    def _student_maps(self, inputs: Tensor) -> tuple[list[Tensor], Tensor, Features]:
+        """(projected map per projector (B, C_t, H, W), logits (B, K) of the deployable student, the taps that
+        the training-only projectors read: the student's own, or with reused stages the chain's)."""
         export = self.student_for_export()
+        if isinstance(export, ReusedStagesStudent):
+            features = export.forward_features(inputs)
+            return [features.stages[self.student_index + 1]], features.logits, features
+        student_features = as_tapped(self.student).forward_features(inputs)
         maps = export.projected_maps(student_features.final_map)  # per projector (B, C_t, H, W)
-        logits = export.logits_from_maps(maps)  # (B, K) through the reused classifier(s)
+        return maps, export.logits_from_maps(maps), student_features  # logits through the reused classifier(s)
 
+    def _per_sample_feature_loss(
+        self, maps: list[Tensor], logits: Tensor, student_features: Features, teacher_features: list[Features]
+    ) -> tuple[Tensor, Tensor]:
+        """(the SimKD loss per sample (B,), the teachers' averaged logits (B, K))."""
+        config = self.config
+        teacher_logits = torch.stack([f.logits.float() for f in teacher_features]).mean(0)  # (B, K)
+        targets = [f.stages[self.teacher_index].float() for f in teacher_features]
         if self.average_teachers:
-            teacher_maps = [torch.stack([f.final_map.float() for f in teacher_features]).mean(0)]
-        else:
-            teacher_maps = [f.final_map.float() for f in teacher_features]
+            targets = [torch.stack(targets).mean(0)]
         if config.loss == "kl":
             per_sample = simkd_kl_per_sample(logits.float(), teacher_logits, config.temperature)  # (B,)
         else:
-            terms = [self._feature_loss(*align_spatial(m, t)) for m, t in zip(maps, teacher_maps)]
+            terms = [self._feature_loss(*align_spatial(m, t)) for m, t in zip(maps, targets)]
             per_sample = torch.stack(terms).mean(0)  # (B,)
         per_sample = self.final_weight * per_sample
         for (i, j), weight, projector in zip(self.extra_pairs, self.extra_weights, self.extra_projectors):
             projected, target = align_spatial(projector(student_features.stages[i]), teacher_features[0].stages[j])
             per_sample = per_sample + weight * self._feature_loss(projected, target)
+        return per_sample, teacher_logits
 
+    def training_step(self, batch: Batch) -> StepOutput:
+        config = self.config
+        maps, logits, student_features = self._student_maps(batch.inputs)
+        with torch.no_grad():
+            teacher_features = [as_tapped(teacher).forward_features(batch.inputs) for teacher in self.teachers]
+        per_sample, teacher_logits = self._per_sample_feature_loss(maps, logits, student_features, teacher_features)
         per_sample_terms = {"simkd": config.weight * per_sample}
         if config.ce_weight:
             per_sample_terms["ce"] = config.ce_weight * F.cross_entropy(logits.float(), batch.targets, reduction="none")

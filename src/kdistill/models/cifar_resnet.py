@@ -53,6 +53,18 @@ class BasicBlock(nn.Module):
         return F.relu(out + residual)
 
 
+class StemAndStage(nn.Module):
+    """The stem (conv, BN, ReLU) followed by the first stage: ``CifarResNet.stage_modules()[0]`` (it holds the
+    model's own layers; the model's parameter names are unchanged)."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module, stage: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.bn, self.stage = conv, bn, stage
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.stage(F.relu(self.bn(self.conv(x))))
+
+
 class CifarResNet(TappedModel):
     """ResNet with BasicBlocks for 32x32 inputs; ``num_filters`` = [stem, stage1, stage2, stage3].
 
@@ -96,6 +108,9 @@ class CifarResNet(TappedModel):
 
     def classifier_head(self) -> PoolLinearHead:
         return PoolLinearHead(self.fc)
+
+    def stage_modules(self) -> list[nn.Module]:
+        return [StemAndStage(self.conv1, self.bn1, self.layer1), self.layer2, self.layer3]
 
 
 # name -> (depth, num_filters, source)

@@ -127,6 +127,9 @@ class SmallCNN(TappedModel):
     def classifier_head(self) -> nn.Module:
         return self.head
 
+    def stage_modules(self) -> list[nn.Module]:
+        return list(self.stages)
+
 
 @register_model("mlp", family="simple", source="seed 002 student: 784-512-26 = 415,258 parameters")
 def mlp(

@@ -53,6 +53,11 @@ class TappedModel(nn.Module):
     def classifier_head(self) -> nn.Module:
         raise NotImplementedError
 
+    def stage_modules(self) -> list[nn.Module]:
+        """Optional: one module per stage, module i mapping stage i-1's output (the input, for i = 0) to
+        ``stages[i]``, so that running them in turn gives ``stages[-1]`` (SimKD+ reuses a teacher's last stages)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its stages as modules")
+
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x).logits
 
