@@ -188,6 +188,7 @@ def _demo_runs(
         shared = ["data.stream_seed=0"]  # the same labelled images in every trial and both arms
         log(f"=== 4/{steps} MLP student alone on {few.labelled:,} labelled images")
         alone = [*shared, f"data.train_subset={few.labelled}", f"train.epochs={few.alone_epochs}"]
+        alone.append(f"train.eval_every={max(1, few.alone_epochs // 10)}")  # 1,000 images: evaluation dominates
         runs["alone_few"] = _demo_student("few_labels_mlp", common, [*alone, f"optim.lr={few.alone_lr}"], trials, log)
         log(f"=== 5/{steps} MLP student with KD: {few.labelled:,} labels + the teacher's outputs on every image")
         few_kd = {"name": "kd", "temperature": few.temperature, "kd_weight": few.kd_weight}
