@@ -19,6 +19,7 @@ from kdistill.methods.mlkd import (
     batch_correlation_loss,
     class_correlation_loss,
     confidence_fractions,
+    OPERATIONS,
     mlkd_terms,
     rand_augment,
 )
@@ -246,6 +247,15 @@ def test_rand_augment_without_operations_or_cutout_is_the_identity():
     assert torch.equal(rand_augment(images, torch.Generator().manual_seed(0), num_ops=0, cutout=0.0), images)
     cut = rand_augment(images, torch.Generator().manual_seed(0), num_ops=0, cutout=0.5)
     assert cut.shape == images.shape and cut.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("threshold", [0.0, 128.0, 255.0, 255.9, 256.0])
+def test_solarize_takes_every_threshold_of_its_range(threshold):
+    """RandAugment draws the solarize threshold in [0, 256]: a uint8 pixel is inverted when it is >= the threshold, so
+    above 255 none is (the identity; torchvision refuses such thresholds, which once crashed a run at 255.86)."""
+    images = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16)
+    expected = torch.where(images.int() >= threshold, 255 - images.int(), images.int()).to(torch.uint8)
+    assert torch.equal(OPERATIONS["solarize"](images, threshold), expected)
 
 
 # ----------------------------------------------------------------------------- ReviewKD

@@ -133,7 +133,7 @@ OPERATIONS: dict[str, Callable[[Tensor, float], Tensor]] = {
     "sharpness": TF.adjust_sharpness,
     "shear_x": lambda image, v: _shear(image, v, 0.0),
     "shear_y": lambda image, v: _shear(image, 0.0, v),
-    "solarize": lambda image, v: image if v >= 256 else TF.solarize(image, v),
+    "solarize": lambda image, v: image if v > 255 else TF.solarize(image, v),  # no uint8 pixel reaches v
     "translate_x": lambda image, v: _translate(image, v * image.shape[-1], 0.0),
     "translate_y": lambda image, v: _translate(image, 0.0, v * image.shape[-2]),
 }
