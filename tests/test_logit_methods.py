@@ -16,10 +16,10 @@ from kdistill.methods.dist import dist_terms, pearson_correlation
 from kdistill.methods.dkd import dkd_loss
 from kdistill.methods.kd import kd_loss, standardize_logits
 from kdistill.methods.mlkd import (
+    OPERATIONS,
     batch_correlation_loss,
     class_correlation_loss,
     confidence_fractions,
-    OPERATIONS,
     mlkd_terms,
     rand_augment,
 )
