@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from kdistill.config import Config, load_config
+from kdistill.config import Config, ModelConfig, load_config
+from kdistill.contracts import Batch, DataInfo
 from kdistill.data.cifar import CIFAR
+from kdistill.methods import METHODS
+from kdistill.methods.base import Method
+from kdistill.models import build_model
 
 ROW, COL = 2, 5  # the bright pixel of the orientation marker: row 2, column 5 (not symmetric under transpose)
 
@@ -18,6 +24,43 @@ def marker(height: int = 28, width: int = 28) -> np.ndarray:
     image = np.zeros((height, width), dtype=np.uint8)
     image[ROW, COL] = 255
     return image
+
+
+# Tiny conv models on random 1x16x16 images, 5 classes: method tests on fixed inputs (test_simkd, test_aekd).
+TINY_CLASSES = 5
+TINY_INPUT_SHAPE = (1, 16, 16)
+TINY_TEACHER = ModelConfig(
+    name="cnn", kwargs={"channels": [16, 32], "padding": 1, "batch_norm": True, "head": "avg"}
+)  # stages 16x8x8, 32x4x4
+TINY_STUDENT = ModelConfig(
+    name="cnn", kwargs={"channels": [8, 12], "padding": 1, "batch_norm": True, "head": "avg"}
+)  # stages 8x8x8, 12x4x4
+
+
+def build_tiny_method(
+    name: str,
+    student: ModelConfig = TINY_STUDENT,
+    teachers: Sequence[ModelConfig] = (TINY_TEACHER,),
+    seed: int = 0,
+    **overrides,
+) -> Method:
+    """The registered method ``name`` on freshly initialised (seeded) tiny models, its config ``overrides`` applied."""
+    torch.manual_seed(seed)
+    info = DataInfo(num_classes=TINY_CLASSES, input_shape=TINY_INPUT_SHAPE, num_train=32)
+    method_cls = METHODS.get(name)
+    teacher_models = [build_model(teacher, TINY_CLASSES, TINY_INPUT_SHAPE) for teacher in teachers]
+    student_model = build_model(student, TINY_CLASSES, TINY_INPUT_SHAPE)
+    return method_cls(student_model, teacher_models, method_cls.config_class(**overrides), info)
+
+
+def tiny_batch(size: int = 8, seed: int = 0) -> Batch:
+    """``size`` seeded random images of :data:`TINY_INPUT_SHAPE` with random labels."""
+    generator = torch.Generator().manual_seed(seed)
+    return Batch(
+        inputs=torch.randn(size, *TINY_INPUT_SHAPE, generator=generator),
+        targets=torch.randint(0, TINY_CLASSES, (size,), generator=generator),
+        indices=torch.arange(size),
+    )
 
 
 def digits_overrides(tmp_path, name: str, *overrides: str) -> list[str]:

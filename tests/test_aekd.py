@@ -8,36 +8,20 @@ import pytest
 import torch
 from sklearn.svm import OneClassSVM
 
-from kdistill.config import ModelConfig
-from kdistill.contracts import Batch, ConfigError, DataInfo
+from kdistill.contracts import ConfigError
 from kdistill.methods import METHODS
 from kdistill.methods.aekd import aekd_loss, kd_logit_gradient, min_norm_weights
 from kdistill.methods.fitnet import hint_loss
 from kdistill.methods.kd import kd_loss
-from kdistill.models import build_model
 
-NUM_CLASSES = 5
-INPUT_SHAPE = (1, 16, 16)
-TEACHER = ModelConfig(name="cnn", kwargs={"channels": [16, 32], "padding": 1, "batch_norm": True, "head": "avg"})
-STUDENT = ModelConfig(name="cnn", kwargs={"channels": [8, 12], "padding": 1, "batch_norm": True, "head": "avg"})
+from helpers import TINY_CLASSES as NUM_CLASSES
+from helpers import TINY_TEACHER as TEACHER
+from helpers import build_tiny_method
+from helpers import tiny_batch as batch
 
 
 def build(num_teachers=2, seed=0, **overrides):
-    torch.manual_seed(seed)
-    info = DataInfo(num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE, num_train=32)
-    method_cls = METHODS.get("aekd")
-    teachers = [build_model(TEACHER, NUM_CLASSES, INPUT_SHAPE) for _ in range(num_teachers)]
-    student = build_model(STUDENT, NUM_CLASSES, INPUT_SHAPE)
-    return method_cls(student, teachers, method_cls.config_class(**overrides), info)
-
-
-def batch(size=8, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return Batch(
-        inputs=torch.randn(size, *INPUT_SHAPE, generator=generator),
-        targets=torch.randint(0, NUM_CLASSES, (size,), generator=generator),
-        indices=torch.arange(size),
-    )
+    return build_tiny_method("aekd", teachers=(TEACHER,) * num_teachers, seed=seed, **overrides)
 
 
 # ----------------------------------------------------------------------------- the min-norm weights

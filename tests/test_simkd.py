@@ -23,15 +23,14 @@ from kdistill.methods.simkd import (
 )
 from kdistill.models import build_model
 
+from helpers import TINY_CLASSES as NUM_CLASSES
+from helpers import TINY_INPUT_SHAPE as INPUT_SHAPE
+from helpers import TINY_STUDENT as STUDENT
+from helpers import TINY_TEACHER as TEACHER
+from helpers import build_tiny_method
+from helpers import tiny_batch as batch
+
 RNG = np.random.default_rng(1)
-NUM_CLASSES = 5
-INPUT_SHAPE = (1, 16, 16)
-TEACHER = ModelConfig(
-    name="cnn", kwargs={"channels": [16, 32], "padding": 1, "batch_norm": True, "head": "avg"}
-)  # 16x8x8, 32x4x4
-STUDENT = ModelConfig(
-    name="cnn", kwargs={"channels": [8, 12], "padding": 1, "batch_norm": True, "head": "avg"}
-)  # 8x8x8, 12x4x4
 STUDENT_SMALL_MAP = ModelConfig(
     name="cnn", kwargs={"channels": [8, 12], "padding": 0, "batch_norm": True, "head": "avg"}
 )  # 12x2x2
@@ -41,22 +40,7 @@ TEACHER_3 = ModelConfig(
 
 
 def build(student=STUDENT, teachers=(TEACHER,), seed=0, **overrides):
-    torch.manual_seed(seed)
-    info = DataInfo(num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE, num_train=32)
-    method_cls = METHODS.get("simkd")
-    teacher_models = [build_model(t, NUM_CLASSES, INPUT_SHAPE) for t in teachers]
-    return method_cls(
-        build_model(student, NUM_CLASSES, INPUT_SHAPE), teacher_models, method_cls.config_class(**overrides), info
-    )
-
-
-def batch(size=8, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return Batch(
-        inputs=torch.randn(size, *INPUT_SHAPE, generator=generator),
-        targets=torch.randint(0, NUM_CLASSES, (size,), generator=generator),
-        indices=torch.arange(size),
-    )
+    return build_tiny_method("simkd", student, teachers, seed, **overrides)
 
 
 # ----------------------------------------------------------------------------- projector and losses

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from kdistill.contracts import Batch, DataInfo, StepOutput
 from kdistill.methods.base import MethodTraits, register_method
-from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial, match_stages
+from kdistill.methods.feature_utils import InitPhaseConfig, InitPhaseMethod, align_spatial, match_stages
 
 
 def boundary_loss(student_map: Tensor, teacher_map: Tensor, margin: float = 1.0) -> Tensor:
@@ -60,7 +60,7 @@ class Connector(nn.Module):
 
 
 @dataclass
-class ABConfig(FeatureDistillConfig):
+class ABConfig(InitPhaseConfig):
     """RepDistiller's scripts/run_cifar_distill.sh: ``--distill abound -a 0 -b 1`` with ``--init_epochs 30``: CE 1,
     KD 0, margin 1, every stage pair (feat[1:-1]). KD is 0 here, not the SimKD-based 1 of sp/vid: SimKD's
     run_distill.sh has no AB run, and the published number (CRD Table 1) comes from ``-a 0``.
@@ -72,14 +72,13 @@ class ABConfig(FeatureDistillConfig):
 
     kd_weight: float = 0.0
     weight: float = 1.0
-    init_epochs: int = 30
     margin: float = 1.0
 
-    RANGES = {"init_epochs": (1, None), "margin": (0.0, None)}
+    RANGES = {**InitPhaseConfig.RANGES, "margin": (0.0, None)}
 
 
 @register_method("ab")
-class AB(FeatureMethod[ABConfig]):
+class AB(InitPhaseMethod[ABConfig]):
     """Activation-boundary transfer: for ``init_epochs`` epochs the student's stage outputs, through 1x1 connectors,
     learn the teacher's neuron activation patterns (which side of zero, with a margin); then label training."""
 
@@ -91,10 +90,6 @@ class AB(FeatureMethod[ABConfig]):
         student_shapes, teacher_shapes = self.stage_shapes()
         self.pairs = match_stages(len(student_shapes), len(teacher_shapes))
         self.connectors = nn.ModuleList(Connector(student_shapes[i][0], teacher_shapes[j][0]) for i, j in self.pairs)
-
-    def in_init_phase(self) -> bool:
-        """Whether this epoch (``on_epoch_start``; 0 before the first) is an initialisation epoch."""
-        return self.current_epoch < self.config.init_epochs
 
     def training_step(self, batch: Batch) -> StepOutput:
         student_features, teacher_features = self.student_and_teacher_features(batch.inputs)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from functools import partial
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdistill.contracts import Batch, DataInfo, StepOutput
 from kdistill.methods.base import register_method
-from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial, match_stages
+from kdistill.methods.feature_utils import (
+    FeatureDistillConfig,
+    FeatureMethod,
+    align_spatial,
+    match_stages,
+    summed_stage_loss,
+)
 
 
 def attention_map(feature_map: Tensor, p: float = 2.0) -> Tensor:
@@ -52,10 +58,6 @@ class AT(FeatureMethod[ATConfig]):
     def training_step(self, batch: Batch) -> StepOutput:
         student_features, teacher_features = self.student_and_teacher_features(batch.inputs)
         losses = self.logit_losses(student_features.logits, teacher_features.logits, batch)
-        at_terms = [
-            at_loss(student_features.stages[i].float(), teacher_features.stages[j].float(), self.config.p)
-            for i, j in self.pairs
-        ]
-        # match_stages pairs at least one stage (every model has one), so the sum is a Tensor, never the 0 start
-        losses["at"] = self.config.weight * cast(Tensor, sum(at_terms))
+        pair_loss = partial(at_loss, p=self.config.p)
+        losses["at"] = self.config.weight * summed_stage_loss(pair_loss, student_features, teacher_features, self.pairs)
         return StepOutput(logits=student_features.logits, losses=losses)

@@ -8,14 +8,18 @@
 - :func:`align_spatial`: pool the larger of two maps to the smaller one's size (adaptive average
   pooling), the rule of every reference implementation.
 - :func:`match_stages`: pair student and teacher stages as the reference code does (by index).
+- :func:`summed_stage_loss`: a loss summed over the matched stage pairs (AT, NST).
 - :func:`relative_depth_index`: the stage at the same relative depth (SimKD's extra projectors).
 - :func:`embedding_classifier`: a model's linear layer from the pooled embedding to logits.
+- :class:`InitPhaseConfig` / :class:`InitPhaseMethod`: methods that open with ``init_epochs`` initialisation epochs
+  (AB, FT, FSP: RepDistiller's ``--init_epochs 30``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +93,18 @@ def match_stages(num_student: int, num_teacher: int) -> list[tuple[int, int]]:
     return [(i, i) for i in range(min(num_student, num_teacher))]
 
 
+def summed_stage_loss(
+    loss: Callable[[Tensor, Tensor], Tensor],
+    student_features: Features,
+    teacher_features: Features,
+    pairs: list[tuple[int, int]],
+) -> Tensor:
+    """sum over (i, j) in ``pairs`` of ``loss(student stage i, teacher stage j)``, both maps in float32 (AT, NST).
+    :func:`match_stages` pairs at least one stage (every model has one), so the sum is a Tensor, never the 0 start."""
+    terms = [loss(student_features.stages[i].float(), teacher_features.stages[j].float()) for i, j in pairs]
+    return cast(Tensor, sum(terms))
+
+
 def embedding_classifier(model: nn.Module) -> nn.Module:
     """The layer mapping a model's pooled ``embedding`` to its logits (the ``fc`` of its head)."""
     head = as_tapped(model).classifier_head()
@@ -136,3 +152,24 @@ class FeatureMethod(Method[FeatureConfigT]):
                 student_logits, teacher_logits.float(), self.config.temperature
             )
         return losses
+
+
+@dataclass
+class InitPhaseConfig(FeatureDistillConfig):
+    """A feature method whose first ``init_epochs`` epochs are an initialisation phase (RepDistiller's
+    ``--init_epochs 30``; the configs add them in front of the usual 240)."""
+
+    init_epochs: int = 30
+
+    RANGES = {"init_epochs": (1, None)}
+
+
+InitPhaseConfigT = TypeVar("InitPhaseConfigT", bound=InitPhaseConfig)
+
+
+class InitPhaseMethod(FeatureMethod[InitPhaseConfigT]):
+    """A feature method with an initialisation phase of ``config.init_epochs`` epochs (AB, FT, FSP)."""
+
+    def in_init_phase(self) -> bool:
+        """Whether this epoch (``on_epoch_start``; 0 before the first) is an initialisation epoch."""
+        return self.current_epoch < self.config.init_epochs

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput
 from kdistill.methods.base import MethodTraits, register_method
-from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial, match_stages
+from kdistill.methods.feature_utils import InitPhaseConfig, InitPhaseMethod, align_spatial, match_stages
 
 
 def fsp_matrix(lower_map: Tensor, upper_map: Tensor) -> Tensor:
@@ -39,7 +39,7 @@ def fsp_loss(student_stages: list[Tensor], teacher_stages: list[Tensor]) -> Tens
 
 
 @dataclass
-class FSPConfig(FeatureDistillConfig):
+class FSPConfig(InitPhaseConfig):
     """RepDistiller's scripts/run_cifar_distill.sh: ``--distill fsp -a 0 -b 50`` with ``--init_epochs 30``: CE 1,
     KD 0. KD is 0 here, not the SimKD-based 1 of sp/vid: SimKD's run_distill.sh has no FSP run, and the published
     number (CRD Table 1) comes from ``-a 0``.
@@ -51,13 +51,10 @@ class FSPConfig(FeatureDistillConfig):
 
     kd_weight: float = 0.0
     weight: float = 1.0
-    init_epochs: int = 30
-
-    RANGES = {"init_epochs": (1, None)}
 
 
 @register_method("fsp")
-class FSP(FeatureMethod[FSPConfig]):
+class FSP(InitPhaseMethod[FSPConfig]):
     """Flow of solution procedure: for ``init_epochs`` epochs the student's stage-to-stage Gram (FSP) matrices learn
     the teacher's; then label training. Stages paired by :func:`match_stages`; where a student stage has other channel
     counts than the teacher's, a learned 1x1 conv (no bias) maps it to the teacher's first (RepDistiller refuses such
@@ -77,10 +74,6 @@ class FSP(FeatureMethod[FSPConfig]):
             else nn.Conv2d(student_shapes[i][0], teacher_shapes[j][0], kernel_size=1, bias=False)
             for i, j in self.pairs
         )
-
-    def in_init_phase(self) -> bool:
-        """Whether this epoch (``on_epoch_start``; 0 before the first) is an initialisation epoch."""
-        return self.current_epoch < self.config.init_epochs
 
     def training_step(self, batch: Batch) -> StepOutput:
         student_features, teacher_features = self.student_and_teacher_features(batch.inputs)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from kdistill.contracts import Batch, DataInfo, StepOutput
 from kdistill.methods.base import MethodTraits, register_method
-from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial
+from kdistill.methods.feature_utils import InitPhaseConfig, InitPhaseMethod, align_spatial
 
 
 def factor_vector(factor_map: Tensor, p: float = 2.0) -> Tensor:
@@ -78,7 +78,7 @@ def translator(student_channels: int, factor_channels: int) -> nn.Sequential:
 
 
 @dataclass
-class FTConfig(FeatureDistillConfig):
+class FTConfig(InitPhaseConfig):
     """RepDistiller's scripts/run_cifar_distill.sh: ``--distill factor -a 0 -b 200`` with ``--init_epochs 30``:
     CE 1, KD 0, weight 200 on the final map (feat[-2]), paraphrase rate 0.5. KD is 0 here, not the SimKD-based 1 of
     sp/vid: SimKD's run_distill.sh has no FT run, and the published number (CRD Table 1) comes from ``-a 0``.
@@ -90,15 +90,14 @@ class FTConfig(FeatureDistillConfig):
 
     kd_weight: float = 0.0
     weight: float = 200.0
-    init_epochs: int = 30
     paraphrase_rate: float = 0.5
     p: float = 2.0
 
-    RANGES = {"init_epochs": (1, None), "paraphrase_rate": (1e-6, None), "p": (1e-6, None)}
+    RANGES = {**InitPhaseConfig.RANGES, "paraphrase_rate": (1e-6, None), "p": (1e-6, None)}
 
 
 @register_method("ft")
-class FT(FeatureMethod[FTConfig]):
+class FT(InitPhaseMethod[FTConfig]):
     """Factor transfer: after ``init_epochs`` epochs of training a paraphraser to reconstruct the teacher's final map,
     a translator of the student's final map matches the paraphraser's (frozen) factors."""
 
@@ -112,10 +111,6 @@ class FT(FeatureMethod[FTConfig]):
         factor_channels = max(1, int(teacher_channels * config.paraphrase_rate))
         self.paraphraser = Paraphraser(teacher_channels, factor_channels)
         self.translator = translator(student_shapes[-1][0], factor_channels)
-
-    def in_init_phase(self) -> bool:
-        """Whether this epoch (``on_epoch_start``; 0 before the first) trains the paraphraser."""
-        return self.current_epoch < self.config.init_epochs
 
     def training_step(self, batch: Batch) -> StepOutput:
         student_features, teacher_features = self.student_and_teacher_features(batch.inputs)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdistill.contracts import Batch, DataInfo, StepOutput
 from kdistill.methods.base import register_method
-from kdistill.methods.feature_utils import FeatureDistillConfig, FeatureMethod, align_spatial, match_stages
+from kdistill.methods.feature_utils import (
+    FeatureDistillConfig,
+    FeatureMethod,
+    align_spatial,
+    match_stages,
+    summed_stage_loss,
+)
 
 
 def polynomial_kernel_mean(first: Tensor, second: Tensor) -> Tensor:
@@ -60,8 +65,5 @@ class NST(FeatureMethod[NSTConfig]):
     def training_step(self, batch: Batch) -> StepOutput:
         student_features, teacher_features = self.student_and_teacher_features(batch.inputs)
         losses = self.logit_losses(student_features.logits, teacher_features.logits, batch)
-        terms = [
-            nst_loss(student_features.stages[i].float(), teacher_features.stages[j].float()) for i, j in self.pairs
-        ]
-        losses["nst"] = self.config.weight * cast(Tensor, sum(terms))
+        losses["nst"] = self.config.weight * summed_stage_loss(nst_loss, student_features, teacher_features, self.pairs)
         return StepOutput(logits=student_features.logits, losses=losses)
