@@ -30,6 +30,24 @@ TEACHER_CONFIGS = [
     for p in CONFIGS
     if p.name in ("ce_resnet32x4.yaml", "ce_wrn_40_2.yaml", "ce_resnet38x2.yaml", "ce_resnet110x2.yaml")
 ]
+
+
+def student_runs(paths: list[Path]) -> list[Path]:
+    """The configs whose runs other configs load as their student (``student.checkpoint``: a run directory or a file
+    in one, e.g. simkd_sequential's frozen encoder from a SimKD run's student.pt), found by the run name."""
+    by_name = {load_config(path).name: path for path in paths}
+    needed = set()
+    for path in paths:
+        checkpoint = load_config(path).student.checkpoint
+        if checkpoint:
+            run_dir = Path(checkpoint).parent if Path(checkpoint).suffix else Path(checkpoint)
+            needed.add(run_dir.name)
+    missing = sorted(needed - by_name.keys())
+    assert not missing, f"student checkpoints of runs no config here writes: {missing}"
+    return [by_name[name] for name in sorted(needed)]
+
+
+STUDENT_RUN_CONFIGS = student_runs(CONFIGS)
 SMOKE = [
     "train.epochs=1",
     "train.max_steps_per_epoch=2",
@@ -39,6 +57,15 @@ SMOKE = [
     "train.progress=false",
     "output_dir=runs",
 ]
+# per method, the method's own long loops cut as the train ones above: CMI runs 200 generator steps (each a teacher
+# forward and backward) at every synthesis round, minutes on a CPU per round
+SMOKE_METHOD = {"cmi": ["method.generator_steps=2"]}
+
+
+def smoke_config(path: Path, *overrides: str) -> Config:
+    """The config at ``path`` cut to a smoke run (:data:`SMOKE`, :data:`SMOKE_METHOD`), then ``overrides``."""
+    config = load_config(path)
+    return replace(config, [*SMOKE, *SMOKE_METHOD.get(config.method.name, []), *overrides])
 
 
 def recalibrate_batch_norm(student_file: Path, config: Config) -> None:
@@ -61,18 +88,23 @@ def recalibrate_batch_norm(student_file: Path, config: Config) -> None:
 
 @pytest.fixture(scope="module")
 def cifar_workspace(tmp_path_factory):
-    """A directory with a tiny CIFAR-100 and the teacher runs the configs name (runs/cifar100_ce_*)."""
+    """A directory with a tiny CIFAR-100, the teacher runs the configs name (runs/cifar100_ce_*) and, after them, the
+    smoke runs of the configs whose students others load (runs/cifar100_simkd_*: simkd_sequential's encoders)."""
     root = tmp_path_factory.mktemp("cifar")
     write_cifar(root / "data", "cifar100", train_per_batch=24, test_count=16)
     cwd = Path.cwd()
     try:
         os.chdir(root)
         for path in TEACHER_CONFIGS:
-            config = replace(load_config(path), [*SMOKE, f"data.root={root / 'data'}"])
+            config = smoke_config(path, f"data.root={root / 'data'}")
             fit(config, log=lambda _: None)
             recalibrate_batch_norm(root / "runs" / config.name / "student.pt", config)
             for seed in range(3):  # the multi-teacher configs use three seeds of each teacher
                 shutil.copytree(root / "runs" / config.name, root / "runs" / f"{config.name}-seed{seed}")
+        for path in STUDENT_RUN_CONFIGS:
+            config = smoke_config(path, f"data.root={root / 'data'}")
+            fit(config, log=lambda _: None)
+            assert (root / "runs" / config.name / "student.pt").is_file(), config.name
     finally:
         os.chdir(cwd)
     return root
@@ -84,7 +116,7 @@ def test_shipped_cifar100_config_takes_real_steps(path, cifar_workspace, monkeyp
     SimKD onto a 2-step teacher's head) with BN statistics far from its activations, so its evaluation can
     overflow: the trainer must then stop cleanly as divergence and save nothing from that state."""
     monkeypatch.chdir(cifar_workspace)
-    config = replace(load_config(path), [*SMOKE, f"data.root={cifar_workspace / 'data'}", f"name=smoke_{path.stem}"])
+    config = smoke_config(path, f"data.root={cifar_workspace / 'data'}", f"name=smoke_{path.stem}")
     run = cifar_workspace / "runs" / f"smoke_{path.stem}"
     try:
         summary = fit(config, overwrite=True, log=lambda _: None)
@@ -132,6 +164,6 @@ def fixed_batch_losses(config: Config, lr_scale: float = 1e-3) -> tuple[float, f
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_cifar100_config_learns_a_fixed_batch(path, cifar_workspace, monkeypatch):
     monkeypatch.chdir(cifar_workspace)
-    config = replace(load_config(path), [*SMOKE, f"data.root={cifar_workspace / 'data'}"])
+    config = smoke_config(path, f"data.root={cifar_workspace / 'data'}")
     before, after = fixed_batch_losses(config)
     assert after < before, f"{path.name}: loss {before:.6f} -> {after:.6f} after one small step on one batch"
