@@ -209,8 +209,10 @@ def _add_demo_command(commands: Subcommands) -> None:
     demo.add_argument(
         "--trials", type=positive_int, default=3, help="seeds per student (mean ± std over them; default 3)"
     )
-    demo.add_argument("--teacher-epochs", type=int, default=4, help="epochs of the CNN teacher (default 4)")
-    demo.add_argument("--student-epochs", type=int, default=10, help="epochs of each student run (default 10)")
+    demo.add_argument("--teacher-epochs", type=int, default=3, help="epochs of the CNN teacher (default 3)")
+    demo.add_argument(
+        "--student-epochs", type=int, default=7, help="epochs of each distilled and all-labels student run (default 7)"
+    )
     demo.add_argument("--temperature", type=float, default=10.0, help="KD temperature T (default 10, seed 002's best)")
     demo.add_argument(
         "--kd-weight",
