@@ -13,10 +13,11 @@ import torch
 
 from kdistill.api import cache_teacher, fit
 from kdistill.config import load_config
+from kdistill.contracts import ConfigError
 from kdistill.data import build_data, make_loader, start_epoch
 from kdistill.engine.checkpoint import read_checkpoint
 from kdistill.engine.teacher_store import STORE_FOLDER
-from kdistill.engine.teacher_stream import StreamEntry, read_table, write_table
+from kdistill.engine.teacher_stream import StreamEntry, compress_topk, expand_topk, read_table, write_table
 
 from helpers import digits_overrides
 
@@ -200,3 +201,39 @@ def test_trials_sharing_a_stream_seed_share_their_subset_and_the_teachers_logits
     assert first["teacher_stream_epochs_written"] == 1 and second["teacher_cache_hits"] == first["teacher_live_samples"]
     assert first["data_stream_seed"] == second["data_stream_seed"] == 5
     assert train_losses(Path(first["run_dir"])) != train_losses(Path(second["run_dir"]))  # the initialisation differs
+
+
+def test_topk_rows_keep_the_top_probabilities_exactly_and_share_the_rest_evenly():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 10) * 3
+    rows = compress_topk(logits, 3)
+    assert rows.shape == (6, 7) and rows.dtype == torch.float32
+    expanded = expand_topk(rows, 10)
+    probs, approx = logits.softmax(1), expanded.softmax(1)
+    top = logits.topk(3, dim=1).indices
+    assert torch.allclose(approx.gather(1, top), probs.gather(1, top), atol=1e-6)  # the top 3: exact
+    assert torch.allclose(approx.sum(1), torch.ones(6), atol=1e-6)
+    rest = torch.ones_like(probs, dtype=torch.bool).scatter_(1, top, False)
+    shares = approx[rest].view(6, 7)
+    expected = (1 - probs.gather(1, top).sum(1, keepdim=True)) / 7  # the remaining mass, evenly
+    assert torch.allclose(shares, expected.expand(-1, 7), atol=1e-6)
+    # with k = K - 1 the one remaining class gets its own probability back: the reconstruction is exact
+    assert torch.allclose(expand_topk(compress_topk(logits, 9), 10).softmax(1), probs, atol=1e-5)
+
+
+def test_a_topk_stream_stores_k_logits_per_sample_serves_them_and_is_recorded(tmp_path, digits_teacher):
+    topk = ["train.teacher_stream_topk=3"]
+    cold = fit(stream_config(tmp_path, "cold", digits_teacher, *topk), **QUIET)
+    warm = fit(stream_config(tmp_path, "warm", digits_teacher, *topk), **QUIET)
+    (first, _) = stream_files(tmp_path)
+    header = json.loads(first.read_bytes()[16 : 16 + int.from_bytes(first.read_bytes()[8:16], "little")])
+    assert header["shape"][1] == 7 and header["dtype"] == "float32" and header["topk"] == 3
+    assert cold["teacher_stream_epochs_written"] == 2 and warm["teacher_stream_epochs_read"] == 2
+    assert warm["teacher_cache_hits"] == cold["teacher_live_samples"] > 0  # the check batches ran live and passed
+    assert warm["teacher_stream_topk"] == 3 and "teacher_stream_topk" not in fit(
+        stream_config(tmp_path, "full", digits_teacher, "train.epochs=1"), **QUIET
+    )
+    # the approximation changes the losses a little, not the training: the first epochs agree to a few percent
+    assert train_losses(Path(warm["run_dir"]))[0] == pytest.approx(train_losses(Path(cold["run_dir"]))[0], rel=0.1)
+    with pytest.raises(ConfigError, match="teacher_stream_topk=10 keeps every logit"):
+        fit(stream_config(tmp_path, "all", digits_teacher, "train.teacher_stream_topk=10"), **QUIET)

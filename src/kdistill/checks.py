@@ -131,6 +131,7 @@ def _train_problems(train: TrainConfig) -> Problems:
     if train.on_nan not in ("stop", "skip"):
         problems.append(f"train.on_nan={train.on_nan!r}; valid: stop, skip")
     problems += _at_least("train.teacher_views", train.teacher_views, 1)
+    problems += _at_least("train.teacher_stream_topk", train.teacher_stream_topk, 1)
     problems += _at_least("train.teacher_stream_max_gb", train.teacher_stream_max_gb, 0, allow_none=False)
     if train.teacher_stream_dtype not in STREAM_DTYPES:
         problems.append(f"train.teacher_stream_dtype={train.teacher_stream_dtype!r}; valid: {', '.join(STREAM_DTYPES)}")

@@ -164,6 +164,8 @@ class TrainConfig:
     # teacher logits of augmented epochs in the store too (replayed stream); float16 | bfloat16 | float32 entries
     teacher_stream_dtype: str = "float16"
     teacher_stream_max_gb: float = 20.0  # no stream cache when its entries would need more disk than this
+    # many classes: store only each sample's k largest teacher logits (+ log-sum-exp; the rest share the remaining mass)
+    teacher_stream_topk: int | None = None
     # FKD-style approximation: the data stream repeats every K epochs (K stored views per sample; teacher paid K times)
     teacher_views: int | None = None
     sync_batchnorm: bool = False  # torchrun: SyncBatchNorm in the student and method modules

@@ -351,8 +351,10 @@ def prepare_run(state: RunState, resume: bool, log: Callable[[str], None]) -> No
             f"train.teacher_views={views}: an approximation (FKD-style); epoch e replays the inputs of epoch e mod "
             f"{views}, so the student sees {views} augmented views per sample, not {config.train.epochs}"
         )
+    topk = config.train.teacher_stream_topk
     state.summary_extra = {
         **({"teacher_views": views} if views is not None else {}),
+        **({"teacher_stream_topk": topk} if topk is not None else {}),  # an approximation of the teacher, recorded
         "data_stream_seed": config.stream_seed(),
         "student_parameters": accounting["params_deployed"],  # what inference needs (SimKD: + projector + teacher head)
         "teacher_parameters": accounting["params_teachers"],

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from kdistill.config import Config
+from kdistill.contracts import ConfigError
 from kdistill.data import Data, make_loader
 from kdistill.engine.evaluation import predict
 from kdistill.engine.teacher_store import STORE_FOLDER, TeacherStore, teachers_digest
@@ -57,11 +58,19 @@ def stream_entry(method: Method[Any], data: Data, config: Config, device: torch.
         return None
     num_train = len(data.train)  # type: ignore[arg-type]
     epochs = train.epochs if train.teacher_views is None else min(train.epochs, train.teacher_views)
-    gigabytes = epochs * num_train * data.num_classes * DTYPES[train.teacher_stream_dtype].itemsize / 1e9
+    topk = train.teacher_stream_topk or 0
+    if topk >= data.num_classes:
+        raise ConfigError(
+            f"train.teacher_stream_topk={topk} keeps every logit of {data.num_classes} classes: use a k below "
+            f"{data.num_classes}, or leave it unset to store the full logits"
+        )
+    width, itemsize = (2 * topk + 1, 4) if topk else (data.num_classes, DTYPES[train.teacher_stream_dtype].itemsize)
+    gigabytes = epochs * num_train * width * itemsize / 1e9
     if gigabytes > train.teacher_stream_max_gb:
         logger.warning(
             "teacher logits of the augmented epochs are not stored: they would need %.1f GB (train.teacher_stream_"
-            "max_gb=%g); raise it, store fewer views (train.teacher_views=K) or teacher_stream_dtype=float16",
+            "max_gb=%g); raise it, store fewer views (train.teacher_views=K), teacher_stream_dtype=float16 or only "
+            "the top logits (train.teacher_stream_topk=k)",
             gigabytes, train.teacher_stream_max_gb,
         )  # fmt: skip
         return None
@@ -78,11 +87,11 @@ def stream_entry(method: Method[Any], data: Data, config: Config, device: torch.
         "fingerprint": dataset_fingerprint(data.train),
         "augmentation": method.augmentation_spec(),
         "stream": [config.stream_seed(), data_config.batch_size, train.teacher_views, world],
-        "numerics": [train.amp, train.channels_last, train.compile, device.type, train.teacher_stream_dtype],
+        "numerics": [train.amp, train.channels_last, train.compile, device.type, train.teacher_stream_dtype, topk],
     }
     key = stream_key(parts)
     directory = Path(config.output_dir) / STORE_FOLDER / f"stream-{key[:24]}"
-    return StreamEntry(directory, key, num_train, data.num_classes, train.teacher_stream_dtype, rank)
+    return StreamEntry(directory, key, num_train, data.num_classes, train.teacher_stream_dtype, rank, topk)
 
 
 def compute_teacher_references(

@@ -10,6 +10,12 @@ the stored dtype. On read a file is checked (magic, key, shape, payload SHA-256)
 an epoch, against a live teacher forward on a few of that batch's samples; a file failing either is reported and
 rebuilt, never served. Files are written whole to a temp file and renamed (two processes filling the same entry
 leave one valid file); reads are memory-mapped, so a rank touches only its own rows.
+
+For many classes, ``train.teacher_stream_topk=k`` stores per sample only the k largest logits, their class indices and
+the log-sum-exp of all K (a float32 (N_train, 2k + 1) table): the served logits keep those k values and give the
+other K - k classes equal shares of the remaining probability mass, so the teacher's softmax at T = 1 is exact on the
+top k and sums to 1 (:func:`expand_topk`). That is an approximation of the teacher (FKD/ReLabel store top-k
+probabilities the same way), recorded in the run's summary.
 """
 
 from __future__ import annotations
@@ -70,9 +76,36 @@ class StreamEntry:
     num_classes: int
     dtype: str = "float16"
     rank: int = 0
+    topk: int = 0  # 0: the full (N, K) logits; k: the k largest, their indices and the log-sum-exp
+
+    @property
+    def width(self) -> int:
+        return 2 * self.topk + 1 if self.topk else self.num_classes
+
+    @property
+    def table_dtype(self) -> str:
+        return "float32" if self.topk else self.dtype  # class indices must stay exact
 
     def path(self, epoch: int) -> Path:
         return self.directory / f"epoch-{epoch:05d}.rank-{self.rank}.kdts"
+
+
+def compress_topk(logits: Tensor, k: int) -> Tensor:
+    """(B, K) logits -> (B, 2k + 1) float32 rows: the k largest logits, their class indices, log-sum-exp over K."""
+    logits = logits.float()
+    values, indices = logits.topk(k, dim=1)
+    return torch.cat([values, indices.float(), logits.logsumexp(dim=1, keepdim=True)], dim=1)
+
+
+def expand_topk(rows: Tensor, num_classes: int) -> Tensor:
+    """(B, 2k + 1) rows of :func:`compress_topk` -> (B, K) logits: the k stored values at their classes, and for the
+    other K - k classes log((exp(lse) - sum_topk exp(v)) / (K - k)), an equal share of the remaining mass."""
+    k = (rows.shape[1] - 1) // 2
+    values, indices, lse = rows[:, :k], rows[:, k : 2 * k].long(), rows[:, 2 * k :]
+    top_mass = torch.logsumexp(values, dim=1, keepdim=True) - lse  # log of the top k's share (<= 0)
+    rest = lse + torch.log(-torch.expm1(top_mass.clamp_max(-1e-7))) - math.log(num_classes - k)
+    logits = rest.expand(-1, num_classes).clone()
+    return logits.scatter_(1, indices, values)
 
 
 def _encode(table: Tensor, header: dict[str, Any]) -> bytes:
@@ -88,7 +121,7 @@ def write_table(entry: StreamEntry, epoch: int, table: Tensor, seconds_per_sampl
     """Write one epoch's table atomically (the header records the teacher time per sample it cost)."""
     header = {
         "format": FORMAT, "key": entry.key, "epoch": epoch, "rank": entry.rank, "shape": list(table.shape),
-        "dtype": entry.dtype, "teacher_s_per_sample": seconds_per_sample,
+        "dtype": entry.table_dtype, "topk": entry.topk, "teacher_s_per_sample": seconds_per_sample,
     }  # fmt: skip
     atomic_write_bytes(_encode(table.cpu(), header), entry.path(epoch))
 
@@ -109,14 +142,17 @@ def read_table(entry: StreamEntry, epoch: int) -> tuple[Tensor, dict[str, Any]] 
             digest = hashlib.sha256()
             for chunk in iter(lambda: stream.read(1 << 22), b""):
                 digest.update(chunk)
-        shape = (entry.num_samples, entry.num_classes)
-        expected = {"key": entry.key, "epoch": epoch, "shape": list(shape), "dtype": entry.dtype, "rank": entry.rank}
+        shape = (entry.num_samples, entry.width)
+        expected = {
+            "key": entry.key, "epoch": epoch, "shape": list(shape), "dtype": entry.table_dtype, "rank": entry.rank,
+            "topk": entry.topk,
+        }  # fmt: skip
         wrong = [name for name, value in expected.items() if header.get(name) != value]
         if wrong:
             raise ValueError(f"its {', '.join(wrong)} differ from this run's")
         if digest.hexdigest() != header.get("sha256"):
             raise ValueError("its payload does not match the checksum in its header (truncated or modified)")
-        torch_dtype = DTYPES[entry.dtype]
+        torch_dtype = DTYPES[entry.table_dtype]
         size = math.prod(shape) * torch_dtype.itemsize
         raw = np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=(size,))  # copy-on-write: file untouched
         table = (
@@ -170,9 +206,13 @@ class StreamTeacherOutputs(TeacherOutputs):
         table (tolerance of the stored dtype's rounding)."""
         count = min(CHECK_SAMPLES, len(batch))
         live = self._live(teacher_inputs(batch)[:count])
-        tolerance = 1e-4 if self.entry.dtype == "float32" else 2e-2
+        cached = cached[:count]
+        if self.entry.topk:  # the stored values and log-sum-exp against the live ones (indices may break ties)
+            keep = [*range(self.entry.topk), 2 * self.entry.topk]
+            live, cached = compress_topk(live, self.entry.topk)[:, keep], cached[:, keep]
+        tolerance = 1e-4 if self.entry.table_dtype == "float32" else 2e-2
         scale = live.abs().amax().clamp_min(1.0)
-        return bool(((live - cached[:count]).abs() <= tolerance * scale).all())
+        return bool(((live - cached).abs() <= tolerance * scale).all())
 
     def logits(self, batch: Batch) -> Tensor:
         indices = batch.indices.cpu()
@@ -191,16 +231,17 @@ class StreamTeacherOutputs(TeacherOutputs):
                         return self.logits(batch)
                 self.hits += len(batch)
                 self.saved_seconds += self.stored_rate * len(batch)
-                return cached
+                return expand_topk(cached, self.entry.num_classes) if self.entry.topk else cached
         logits = self._live(teacher_inputs(batch))
         if self.recorded is None:
             self.recorded = self.table.clone() if self.table is not None else self._empty()
-        self.recorded[indices] = logits.detach().to(device="cpu", dtype=self.recorded.dtype)
+        rows = compress_topk(logits.detach(), self.entry.topk) if self.entry.topk else logits.detach()
+        self.recorded[indices] = rows.to(device="cpu", dtype=self.recorded.dtype)
         return logits
 
     def _empty(self) -> Tensor:
-        shape = (self.entry.num_samples, self.entry.num_classes)
-        return torch.full(shape, math.nan, dtype=DTYPES[self.entry.dtype])
+        shape = (self.entry.num_samples, self.entry.width)
+        return torch.full(shape, math.nan, dtype=DTYPES[self.entry.table_dtype])
 
     def finish_epoch(self) -> None:
         if self.recorded is not None and self.can_write:
