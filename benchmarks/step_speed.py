@@ -129,7 +129,7 @@ def teacher_forward(method, batch: Batch, inference: bool) -> Callable[[], None]
     return forward
 
 
-def switches(pair: str, batch_size: int, pairs: int, compile_models: bool) -> dict[str, dict[str, float]]:
+def switches(pair: str, batch_size: int, pairs: int, compile_models: bool, amp: bool) -> dict[str, dict[str, float]]:
     """Each switch on (a) vs off (b) for kdistill's step on ``pair``."""
     results: dict[str, dict[str, float]] = {}
     method, batch = make_method(pair, batch_size)
@@ -137,8 +137,9 @@ def switches(pair: str, batch_size: int, pairs: int, compile_models: bool) -> di
         teacher_forward(method, batch, True), teacher_forward(method, batch, False), pairs
     )
     base = kdistill_step(method, batch, EpochSettings())
-    amp_on = kdistill_step(method, batch, EpochSettings(amp=True))
-    results["bf16 autocast vs fp32 (step)"] = paired(amp_on, base, pairs)
+    if amp:
+        amp_on = kdistill_step(method, batch, EpochSettings(amp=True))
+        results["bf16 autocast vs fp32 (step)"] = paired(amp_on, base, pairs)
     if batch.inputs.dim() == 4 and pair != next(iter(PAIRS)):
         last, last_batch = make_method(pair, batch_size)
         last = last.to(memory_format=torch.channels_last)
@@ -167,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--switch-pair", default="resnet32x4 -> resnet8x4 (CIFAR-100)", choices=list(PAIRS))
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (compiles take minutes)")
+    parser.add_argument(
+        "--no-amp", action="store_true", help="skip bf16 autocast (without AVX-512 BF16 a CPU bf16 step takes minutes)"
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/step_speed.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         method, batch = make_method(pair, args.batch_size)
         overhead[pair] = paired(kdistill_step(method, batch, EpochSettings()), plain_step(method, batch), args.pairs)
         print(f"{pair}: kdistill / plain = {overhead[pair]['ratio_median']:.3f}", flush=True)
-    fast = switches(args.switch_pair, args.batch_size, args.pairs, args.compile)
+    fast = switches(args.switch_pair, args.batch_size, args.pairs, args.compile, not args.no_amp)
     machine = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
