@@ -146,7 +146,7 @@ class FewLabels:
     """The demo's second setting: ``labelled`` training images keep their label, the rest are unlabelled. The student
     alone trains on the labelled images; the distilled student also learns the teacher's outputs on the others (the
     transfer set of Hinton et al.). Each arm's settings were chosen on validation accuracy, never test, by the sweeps
-    in docs/results.md ("The demo's settings")."""
+    in docs/results.md ("How the demo's settings were chosen")."""
 
     labelled: int = 1000
     alone_epochs: int = 100
