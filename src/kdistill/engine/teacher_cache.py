@@ -22,7 +22,14 @@ from kdistill.contracts import ConfigError
 from kdistill.data import Data, make_loader
 from kdistill.engine.evaluation import predict
 from kdistill.engine.teacher_store import STORE_FOLDER, TeacherStore, teachers_digest
-from kdistill.engine.teacher_stream import DTYPES, StreamEntry, StreamTeacherOutputs, dataset_fingerprint, stream_key
+from kdistill.engine.teacher_stream import (
+    DTYPES,
+    StreamEntry,
+    StreamTeacherOutputs,
+    dataset_fingerprint,
+    stream_key,
+    table_layout,
+)
 from kdistill.methods import Method, MethodTraits
 from kdistill.runtime.distributed import rank_and_world
 
@@ -64,8 +71,8 @@ def stream_entry(method: Method[Any], data: Data, config: Config, device: torch.
             f"train.teacher_stream_topk={topk} keeps every logit of {data.num_classes} classes: use a k below "
             f"{data.num_classes}, or leave it unset to store the full logits"
         )
-    width, itemsize = (2 * topk + 1, 4) if topk else (data.num_classes, DTYPES[train.teacher_stream_dtype].itemsize)
-    gigabytes = epochs * num_train * width * itemsize / 1e9
+    width, dtype = table_layout(data.num_classes, train.teacher_stream_dtype, topk)
+    gigabytes = epochs * num_train * width * DTYPES[dtype].itemsize / 1e9
     if gigabytes > train.teacher_stream_max_gb:
         logger.warning(
             "teacher logits of the augmented epochs are not stored: they would need %.1f GB (train.teacher_stream_"

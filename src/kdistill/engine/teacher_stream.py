@@ -66,6 +66,12 @@ def stream_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps({"format": FORMAT, **parts}, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def table_layout(num_classes: int, dtype: str, topk: int) -> tuple[int, str]:
+    """Columns and dtype of a stored table: K logits in ``dtype``, or with ``topk`` k the 2k + 1 float32 columns of
+    :func:`compress_topk` (class indices must stay exact)."""
+    return (2 * topk + 1, "float32") if topk else (num_classes, dtype)
+
+
 @dataclass(frozen=True)
 class StreamEntry:
     """Where and how one stream's tables are stored."""
@@ -80,11 +86,11 @@ class StreamEntry:
 
     @property
     def width(self) -> int:
-        return 2 * self.topk + 1 if self.topk else self.num_classes
+        return table_layout(self.num_classes, self.dtype, self.topk)[0]
 
     @property
     def table_dtype(self) -> str:
-        return "float32" if self.topk else self.dtype  # class indices must stay exact
+        return table_layout(self.num_classes, self.dtype, self.topk)[1]
 
     def path(self, epoch: int) -> Path:
         return self.directory / f"epoch-{epoch:05d}.rank-{self.rank}.kdts"
