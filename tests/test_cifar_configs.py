@@ -35,10 +35,11 @@ TEACHER_CONFIGS = [
 def student_runs(paths: list[Path]) -> list[Path]:
     """The configs whose runs other configs load as their student (``student.checkpoint``: a run directory or a file
     in one, e.g. simkd_sequential's frozen encoder from a SimKD run's student.pt), found by the run name."""
-    by_name = {load_config(path).name: path for path in paths}
+    configs = {path: load_config(path) for path in paths}
+    by_name = {config.name: path for path, config in configs.items()}
     needed = set()
-    for path in paths:
-        checkpoint = load_config(path).student.checkpoint
+    for config in configs.values():
+        checkpoint = config.student.checkpoint
         if checkpoint:
             run_dir = Path(checkpoint).parent if Path(checkpoint).suffix else Path(checkpoint)
             needed.add(run_dir.name)
