@@ -13,6 +13,7 @@ from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput
 from kdistill.methods.base import Method, MethodTraits, register_method
 from kdistill.methods.ce import cross_entropy_loss
 from kdistill.models import InputSpec, build_model
+from kdistill.models.taps import reinitialise
 
 
 def mutual_learning_loss(peer_logits: Tensor, other_logits: list[Tensor], temperature: float = 1.0) -> Tensor:
@@ -48,10 +49,7 @@ def fresh_copy(student: nn.Module, info: DataInfo) -> nn.Module:
         pretrained_inputs = bool(spec.get("pretrained_inputs", False))
         return build_model(model, info.num_classes, info.input_shape, "peer", normalization, pretrained_inputs)
     peer = copy.deepcopy(student)
-    for module in peer.modules():
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
+    reinitialise(peer)
     return peer
 
 

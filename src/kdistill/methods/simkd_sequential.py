@@ -32,7 +32,7 @@ from kdistill.config import MethodConfig
 from kdistill.contracts import Batch, DataInfo, StepOutput
 from kdistill.methods.base import Method, MethodTraits, register_method
 from kdistill.methods.ce import cross_entropy_loss
-from kdistill.models.taps import as_tapped
+from kdistill.models.taps import as_tapped, reinitialise
 
 
 def sequential_classifier_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -41,17 +41,9 @@ def sequential_classifier_loss(logits: Tensor, targets: Tensor, label_smoothing:
     return cross_entropy_loss(logits, targets, label_smoothing)
 
 
-def reset_classifier(head: nn.Module) -> None:
-    """Re-initialise every layer of a classifier head that can (``reset_parameters``: PyTorch's default init)."""
-    for module in head.modules():
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
-
-
 @dataclass
 class SimKDSequentialConfig(MethodConfig):
-    """A fresh classifier (``reset_classifier``) trained with CE on the frozen student encoder."""
+    """A fresh classifier (``reset_classifier``: default init) trained with CE on the frozen student encoder."""
 
     reset_classifier: bool = True  # False: start from the classifier weights the checkpoint holds
     label_smoothing: float = 0.0
@@ -71,7 +63,7 @@ class SimKDSequential(Method[SimKDSequentialConfig]):
         self.student.requires_grad_(False)
         head.requires_grad_(True)
         if config.reset_classifier:
-            reset_classifier(head)
+            reinitialise(head)
         self.train(self.training)
 
     def classifier(self) -> nn.Module:

@@ -109,3 +109,11 @@ def feature_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> FeatureSha
 
 def count_parameters(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def reinitialise(module: nn.Module) -> None:
+    """Re-initialise every layer of ``module`` that can (``reset_parameters``: PyTorch's default init), in place."""
+    for layer in module.modules():
+        reset = getattr(layer, "reset_parameters", None)
+        if callable(reset):
+            reset()
