@@ -174,6 +174,29 @@ def test_a_method_without_its_own_config_class_is_refused():
     assert "nameless" not in METHODS
 
 
+def test_a_variant_may_subclass_a_registered_config_but_not_reuse_it(monkeypatch):
+    for registry in (METHODS, METHOD_CONFIGS):  # registrations made here are undone after the test
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+    kd_cls, kd_config = METHODS.get("kd"), METHOD_CONFIGS.get("kd")
+
+    @dataclasses.dataclass
+    class VariantConfig(kd_config):  # type: ignore[valid-type,misc]
+        extra: float = 1.0
+
+    class Variant(kd_cls):  # type: ignore[valid-type,misc]
+        config_class = VariantConfig
+
+    register_method("kd_variant")(Variant)
+    assert METHOD_CONFIGS.get("kd_variant")().name == "kd_variant"
+    assert kd_config().name == "kd" and kd_config.method_name == "kd"  # the parent keeps its own name
+
+    class Borrower(kd_cls):  # type: ignore[valid-type,misc]
+        config_class = kd_config
+
+    with pytest.raises(TypeError, match="needs its own config class"):
+        register_method("kd_borrower")(Borrower)
+
+
 def test_a_config_cannot_claim_another_method():
     kd_config = METHOD_CONFIGS.get("kd")
     with pytest.raises(ValueError, match="does not match"):

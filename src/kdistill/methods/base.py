@@ -76,7 +76,8 @@ def register_method(name: str) -> Callable[[MethodT], MethodT]:
 
     def decorator(cls: MethodT) -> MethodT:
         config_class = cls.config_class
-        if config_class is MethodConfig or config_class.method_name not in ("", name):
+        # a config subclassing another method's config (a variant) inherits its name: only its own counts
+        if config_class is MethodConfig or vars(config_class).get("method_name", "") not in ("", name):
             raise TypeError(f"method {name!r} needs its own config class: class {cls.__name__}(Method[<Config>])")
         cls.name = name
         config_class.method_name = name
@@ -88,8 +89,9 @@ def register_method(name: str) -> Callable[[MethodT], MethodT]:
 
 
 def _config_type_argument(cls: type) -> type[MethodConfig] | None:
-    """The MethodConfig subclass given as type argument in ``cls``'s bases (``Method[KDConfig]``), if any."""
-    for base in getattr(cls, "__orig_bases__", ()):
+    """The MethodConfig subclass given as type argument in ``cls``'s own bases (``Method[KDConfig]``), if any (a
+    subclass of a method inherits its parent's ``__orig_bases__``, which must not override its own config_class)."""
+    for base in vars(cls).get("__orig_bases__", ()):
         for argument in typing.get_args(base):
             if isinstance(argument, type) and issubclass(argument, MethodConfig):
                 return argument
