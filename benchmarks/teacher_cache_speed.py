@@ -3,7 +3,9 @@
 1. Augmented KD epoch (CIFAR-100 format files written here, RandomCrop + flip; resnet32x4 -> resnet8x4): the
    student alone (``ce``), KD with the live teacher, KD with a warm cache (filled by ``kdistill cache-teacher``).
 2. Function matching epoch (Fashion-MNIST, Inception crop + flip + mixup on the device; CNN -> small CNN): the
-   student alone on the same images, funmatch live, funmatch from the warm cache.
+   student alone on the same views (function matching's crop, flip and mixup of each batch, cross-entropy on the
+   labels, no teacher: the ``funmatch_views_alone`` method registered here), funmatch live, funmatch from the
+   warm cache.
 3. Five trials of an augmented Fashion-MNIST KD run (crop + flip, CNN -> MLP) sharing one data stream
    (``data.stream_seed=0``): cached (the first trial pays the teacher) vs uncached, vs five student-alone runs.
 
@@ -25,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +38,32 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kdistill.api import cache_teacher, fit  # noqa: E402  (after the path set-up above)
 from kdistill.config import ModelConfig, load_config  # noqa: E402
+from kdistill.contracts import Batch, StepOutput  # noqa: E402
 from kdistill.engine.run_dir import read_metrics  # noqa: E402
+from kdistill.methods.base import MethodTraits, register_method  # noqa: E402
+from kdistill.methods.ce import cross_entropy_loss  # noqa: E402
+from kdistill.methods.funmatch import FunctionMatching, FunMatchConfig  # noqa: E402
 from kdistill.models import build_model  # noqa: E402
 
 QUIET = {"log": lambda _: None}
+
+
+@dataclass
+class ViewsAloneConfig(FunMatchConfig):
+    """Function matching's view settings; no teacher."""
+
+
+@register_method("funmatch_views_alone")
+class StudentAloneOnViews(FunctionMatching):
+    """The student-alone arm of the function-matching epoch: the very views function matching makes (same
+    augmentation code and cost), cross-entropy on the (unmixed) labels instead of the teacher's logits."""
+
+    config_class = ViewsAloneConfig
+    traits = MethodTraits(kind="labels", needs_teacher=False, max_teachers=0)
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        logits = self.student(batch.inputs)  # (B, K)
+        return StepOutput(logits=logits, losses={"ce": cross_entropy_loss(logits, batch.targets)})
 
 
 def random_teacher(work: Path, name: str, kwargs: dict, classes: int, shape: tuple[int, int, int]) -> list[str]:
@@ -97,13 +122,13 @@ def augmented_kd(work: Path, repetitions: int) -> dict:
     return compare_epochs(None, [*common, "data.stream_seed=0"], distil, repetitions)
 
 
-def function_matching(work: Path, repetitions: int) -> dict:
+def function_matching(work: Path, repetitions: int, images: int) -> dict:
     config = str(ROOT / "configs/fashion_mnist/funmatch_cnn_cnn.yaml")
     common = [
-        f"output_dir={work / 'funmatch'}", "data.train_subset=2048", "data.val_size=256", "data.test_subset=256",
+        f"output_dir={work / 'funmatch'}", f"data.train_subset={images}", "data.val_size=256", "data.test_subset=256",
         "train.epochs=1", "train.progress=false", "data.stream_seed=0",
     ]  # fmt: skip
-    alone = ["method={name: ce}", "teacher=null", *common]
+    alone = ["method={name: funmatch_views_alone, crop_area_min: 0.25}", "teacher=null", *common]
     distil = [*fmnist_teacher(work), *common]
     return compare_epochs(config, alone, distil, repetitions)
 
@@ -140,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--funmatch-images", type=int, default=8192, help="training images of the funmatch epoch")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/teacher_cache_speed.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -153,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 "torch": torch.__version__,
             },
             "augmented_kd_epoch": augmented_kd(work, args.repetitions),
-            "funmatch_epoch": function_matching(work, args.repetitions),
+            "funmatch_epoch": function_matching(work, args.repetitions, args.funmatch_images),
             "trials": trials(work, args.trials),
         }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
