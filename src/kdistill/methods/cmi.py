@@ -423,6 +423,7 @@ class CMI(Method[CMIConfig]):
             logits = self.teacher_head()(projected)  # (B, K) through the teacher's classifier
             loss = simkd_loss(*align_spatial(projected.float(), teacher_map.float()))
             return StepOutput(logits=logits, losses={"simkd": config.weight * loss})
+        teacher_logits = self.teacher_logits(batch)  # (B, K), the teacher first (see kd)
         logits = self.student(batch.inputs)  # (B, K)
-        loss = kd_loss(logits.float(), self.teacher_logits(batch), config.temperature)
+        loss = kd_loss(logits.float(), teacher_logits, config.temperature)
         return StepOutput(logits=logits, losses={"kd": config.kd_weight * loss})

@@ -78,8 +78,9 @@ class DIST(Method[DISTConfig]):
 
     def training_step(self, batch: Batch) -> StepOutput:
         config = self.config
+        teacher_logits = self.teacher_logits(batch).float()  # (B, K), the teacher first (see kd)
         student_logits = self.student(batch.inputs)  # (B, K)
-        distilled, teacher_logits = student_logits.float(), self.teacher_logits(batch).float()
+        distilled = student_logits.float()
         if config.logit_standardization:
             distilled, teacher_logits = standardize_logits(distilled), standardize_logits(teacher_logits)
         inter, intra = dist_terms(distilled, teacher_logits, config.temperature)

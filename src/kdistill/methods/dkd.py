@@ -88,8 +88,9 @@ class DKD(Method[DKDConfig]):
         self.warmup_factor = 1.0 if warmup <= 0 else min((epoch + 1) / warmup, 1.0)  # mdistiller's epoch is 1-based
 
     def training_step(self, batch: Batch) -> StepOutput:
+        teacher_logits = self.teacher_logits(batch).float()  # (B, K), the teacher first (see kd)
         student_logits = self.student(batch.inputs)  # (B, K)
-        distilled, teacher_logits = student_logits.float(), self.teacher_logits(batch).float()
+        distilled = student_logits.float()
         if self.config.logit_standardization:
             distilled, teacher_logits = standardize_logits(distilled), standardize_logits(teacher_logits)
         loss = dkd_loss(

@@ -137,9 +137,9 @@ class FeatureMethod(Method[FeatureConfigT]):
         return student_shapes, teacher_shapes
 
     def student_and_teacher_features(self, inputs: Tensor) -> tuple[Features, Features]:
-        student_features = as_tapped(self.student).forward_features(inputs)
-        with torch.no_grad():
+        with torch.no_grad():  # the teacher first (see kd)
             teacher_features = as_tapped(self.teacher).forward_features(inputs)
+        student_features = as_tapped(self.student).forward_features(inputs)
         return student_features, teacher_features
 
     def logit_losses(self, student_logits: Tensor, teacher_logits: Tensor, batch: Batch) -> dict[str, Tensor]:

@@ -183,7 +183,7 @@ class FunctionMatching(Method[FunMatchConfig]):
 
     # ------------------------------------------------------------------ loss
     def training_step(self, batch: Batch) -> StepOutput:
-        student_logits = self.student(batch.inputs)  # (B, K)
         teacher_logits = self.teacher_logits(batch)  # (B, K): of the teacher's view, live or from the stream cache
+        student_logits = self.student(batch.inputs)  # (B, K)
         loss = funmatch_loss(student_logits, teacher_logits, self.config.distance, self.config.temperature)
         return StepOutput(logits=student_logits, losses={self.config.distance: loss})
