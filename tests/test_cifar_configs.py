@@ -135,8 +135,9 @@ def test_shipped_cifar100_config_takes_real_steps(path, cifar_workspace, monkeyp
 def fixed_batch_losses(config: Config, lr_scale: float = 1e-3) -> tuple[float, float]:
     """The method's total loss on one fixed training batch before and after one optimisation step on it, with the
     config's optimizer (its type, momentum, weight decay) at a small fraction of its learning rate: a correct
-    gradient must then lower the loss (first order). Buffers (BN statistics, CRD's memory) and dropout masks
-    are reset before every evaluation, so the parameter step is the only change."""
+    gradient must then lower the loss (first order). The batch is augmented once (CMI's synthesis trains its
+    generator as it augments), and buffers (BN statistics, CRD's memory) and dropout masks are reset before every
+    evaluation, so the parameter step is the only change."""
     torch.manual_seed(0)
     data = build_data(config.data, config.seed)
     info = DataInfo(data.num_classes, data.input_shape, len(data.train), 8)
@@ -147,12 +148,14 @@ def fixed_batch_losses(config: Config, lr_scale: float = 1e-3) -> tuple[float, f
     buffers = {name: value.clone() for name, value in method.named_buffers()}
     method.train()
 
+    torch.manual_seed(1)
+    augmented = method.augment_batch(batch, torch.Generator().manual_seed(0))  # the same view every time
+
     def loss() -> torch.Tensor:
         with torch.no_grad():
             for name, value in method.named_buffers():
                 value.copy_(buffers[name])
         torch.manual_seed(1)  # the same dropout masks every time
-        augmented = method.augment_batch(batch, torch.Generator().manual_seed(0))  # the same view every time
         return method.training_step(augmented).loss
 
     before = loss().item()

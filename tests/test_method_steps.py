@@ -58,3 +58,38 @@ def test_one_step_trains_the_student_and_not_the_teacher(name):
         assert any(not torch.equal(a, p) for a, p in zip(deployed_before[name], params)), f"{name} did not change"
     for teacher in method.teachers:
         assert not teacher.training, "teachers must stay in eval mode"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_a_channels_last_step_gives_the_contiguous_step_losses(name):
+    """``train.channels_last`` changes the memory layout of models and batches, never a result: every method's batch
+    augmentation and step run on it, and give the contiguous layout's views, losses and student gradients. To
+    float rounding, not bitwise (kernels sum in another order): the step is compared on the same augmented pixels,
+    since CMI's synthesis optimises its generator for 20 steps and quantises to 1/255, where rounding differences
+    move pixels by a level or two; PKT's similarity normalisation amplifies rounding on the near-zero embeddings of
+    these random models (up to 4e-3 relative). A misplaced axis would give O(1) differences."""
+    results, views = [], []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        method_cls = METHODS.get(name)
+        teachers = [build_model(TEACHER, INFO.num_classes, INPUT_SHAPE)] if method_cls.traits.needs_teacher else []
+        student = build_model(STUDENT, INFO.num_classes, INPUT_SHAPE)
+        method = method_cls(student, teachers, method_cls.config_class(), INFO)
+        method.train()
+        batch = make_batch()
+        if channels_last:
+            method = method.to(memory_format=torch.channels_last)
+            batch = batch.to(torch.device("cpu"), channels_last=True)
+        views.append(method.augment_batch(batch, torch.Generator().manual_seed(1)))
+        output = method.training_step(views[0].to(torch.device("cpu"), channels_last=channels_last))
+        output.loss.backward()
+        results.append((output.losses, [p.grad for p in method.student.parameters()]))
+    assert (views[1].inputs - views[0].inputs).abs().max() <= 4 / 255
+    (losses, grads), (losses_last, grads_last) = results
+    assert losses.keys() == losses_last.keys()
+    for key in losses:
+        torch.testing.assert_close(losses_last[key], losses[key], rtol=1e-2, atol=1e-5)
+    for grad, grad_last in zip(grads, grads_last):
+        assert (grad is None) == (grad_last is None)
+        if grad is not None:
+            torch.testing.assert_close(grad_last, grad, rtol=1e-2, atol=1e-4)
