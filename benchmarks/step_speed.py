@@ -10,7 +10,7 @@ interleaved (A, B, A, B, ...), after warm-up steps; the result is the median of 
 (teacher under inference_mode vs no_grad, channels_last, bf16 autocast, torch.compile) are timed the same way on
 kdistill's step. Writes ``benchmarks/results/step_speed.json`` and prints a Markdown table.
 
-    .venv/bin/python benchmarks/step_speed.py --threads 2 --pairs 10
+    .venv/bin/python benchmarks/step_speed.py --threads 2 --pairs 50 --no-amp --compile   # docs/speed.md (about 25 min)
 """
 
 from __future__ import annotations

@@ -163,7 +163,7 @@ def trials(work: Path, count: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--funmatch-images", type=int, default=8192, help="training images of the funmatch epoch")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/teacher_cache_speed.json"))
