@@ -165,6 +165,13 @@ def build_method(config: Config, info: DataInfo, load_weights: bool = True) -> M
     return method_cls(student, teachers, config.method, info)
 
 
+def place_method(method: Method[Any], device: torch.device, channels_last: bool) -> Method[Any]:
+    """The method on ``device``, in the NHWC layout with ``channels_last`` (``train.channels_last``): the trainer and
+    ``cache-teacher`` place it alike, so the teacher logits one stores are the ones the other would compute."""
+    method = method.to(device)
+    return method.to(memory_format=torch.channels_last) if channels_last else method
+
+
 def _build_one(model: ModelConfig, info: DataInfo, where: str, load_weights: bool) -> nn.Module:
     """One model for the data ``info`` describes; its input adapter (if any) follows the configured weights
     even when ``load_weights=False`` builds the architecture only."""

@@ -22,7 +22,14 @@ from tqdm.auto import tqdm
 from kdistill.config import Config
 from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput, TrainingDivergedError, TrainingInterrupted
 from kdistill.data import Data, build_data, data_info, make_loader, start_epoch
-from kdistill.engine.builders import autocast, build_method, preflight, resolve_architectures, resolve_device
+from kdistill.engine.builders import (
+    autocast,
+    build_method,
+    place_method,
+    preflight,
+    resolve_architectures,
+    resolve_device,
+)
 from kdistill.engine.checkpoint import Position, checkpoint_payload, restore, save_last
 from kdistill.engine.evaluation import evaluate_deployables
 from kdistill.engine.export import save_deployables
@@ -316,9 +323,7 @@ def build_run(config: Config, resume: bool, overwrite: bool, trackers: TrackerFa
             )
         if is_distributed():
             method = convert_sync_batchnorm(method)
-    method = method.to(device)
-    if config.train.channels_last:
-        method = method.to(memory_format=torch.channels_last)
+    method = place_method(method, device, config.train.channels_last)
     if config.train.compile:
         for model in (method.student, *method.teachers):
             model.compile()  # in place: the state dict keeps its keys, so checkpoints and resume are unchanged

@@ -18,7 +18,14 @@ from tqdm.auto import tqdm
 from kdistill.config import Config
 from kdistill.contracts import ConfigError
 from kdistill.data import build_data, data_info
-from kdistill.engine.builders import autocast, build_method, preflight, resolve_architectures, resolve_device
+from kdistill.engine.builders import (
+    autocast,
+    build_method,
+    place_method,
+    preflight,
+    resolve_architectures,
+    resolve_device,
+)
 from kdistill.engine.loop import build_loaders, start_stream_epoch, steps_per_epoch
 from kdistill.engine.teacher_cache import compute_teacher_references
 from kdistill.engine.teacher_stream import StreamTeacherOutputs
@@ -63,9 +70,8 @@ def cache_teacher(config: Config, log: Callable[[str], None] = print) -> dict[st
     config = resolve_architectures(config)
     seed_everything(config.seed)
     data = build_data(config.data, config.seed, config.stream_seed())
-    method = build_method(config, data_info(data, config.data.batch_size)).to(device)
-    if config.train.channels_last:
-        method = method.to(memory_format=torch.channels_last)
+    method = build_method(config, data_info(data, config.data.batch_size))
+    method = place_method(method, device, config.train.channels_last)
     train_loader, eval_loaders = build_loaders(config, data)
     references = compute_teacher_references(method, data, eval_loaders, device, config)
     result: dict[str, Any] = {"train_logits_cached": references.train_cached, **references.store}
