@@ -8,7 +8,7 @@ import torch
 
 from kdistill.config import ModelConfig
 from kdistill.contracts import Batch, DataInfo
-from kdistill.methods import METHODS
+from kdistill.methods import METHODS, Method
 from kdistill.models import build_model
 
 INPUT_SHAPE = (1, 16, 16)
@@ -26,14 +26,20 @@ def make_batch(size: int = 8) -> Batch:
     )
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test_one_step_trains_the_student_and_not_the_teacher(name):
+def fresh_method(name: str) -> Method:
+    """``name`` with its default config on freshly seeded TEACHER (when it takes one) and STUDENT, in training mode."""
     torch.manual_seed(0)
     method_cls = METHODS.get(name)
     teachers = [build_model(TEACHER, INFO.num_classes, INPUT_SHAPE)] if method_cls.traits.needs_teacher else []
     student = build_model(STUDENT, INFO.num_classes, INPUT_SHAPE)
     method = method_cls(student, teachers, method_cls.config_class(), INFO)
     method.train()
+    return method
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_one_step_trains_the_student_and_not_the_teacher(name):
+    method = fresh_method(name)
     teacher_before = [p.detach().clone() for t in method.teachers for p in t.parameters()]
     student_before = [p.detach().clone() for p in method.student.parameters()]
     # every network the method deploys (mutual learning: each peer) is optimised like the student
@@ -70,12 +76,7 @@ def test_a_channels_last_step_gives_the_contiguous_step_losses(name):
     these random models (up to 4e-3 relative). A misplaced axis would give O(1) differences."""
     results, views = [], []
     for channels_last in (False, True):
-        torch.manual_seed(0)
-        method_cls = METHODS.get(name)
-        teachers = [build_model(TEACHER, INFO.num_classes, INPUT_SHAPE)] if method_cls.traits.needs_teacher else []
-        student = build_model(STUDENT, INFO.num_classes, INPUT_SHAPE)
-        method = method_cls(student, teachers, method_cls.config_class(), INFO)
-        method.train()
+        method = fresh_method(name)
         batch = make_batch()
         if channels_last:
             method = method.to(memory_format=torch.channels_last)

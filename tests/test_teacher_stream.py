@@ -226,7 +226,8 @@ def test_a_topk_stream_stores_k_logits_per_sample_serves_them_and_is_recorded(tm
     cold = fit(stream_config(tmp_path, "cold", digits_teacher, *topk), **QUIET)
     warm = fit(stream_config(tmp_path, "warm", digits_teacher, *topk), **QUIET)
     (first, _) = stream_files(tmp_path)
-    header = json.loads(first.read_bytes()[16 : 16 + int.from_bytes(first.read_bytes()[8:16], "little")])
+    raw = first.read_bytes()
+    header = json.loads(raw[16 : 16 + int.from_bytes(raw[8:16], "little")])
     assert header["shape"][1] == 7 and header["dtype"] == "float32" and header["topk"] == 3
     assert cold["teacher_stream_epochs_written"] == 2 and warm["teacher_stream_epochs_read"] == 2
     assert warm["teacher_cache_hits"] == cold["teacher_live_samples"] > 0  # the check batches ran live and passed
