@@ -4,6 +4,7 @@ run a point twice, pruning stops hopeless points, a diverging point fails alone.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import statistics
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -19,6 +21,8 @@ from kdistill.config import load_config
 from kdistill.contracts import ConfigError
 from kdistill.engine.run_dir import read_metrics, read_summary
 from kdistill.sweep import SweepSpec, parse_param, run_sweep
+from kdistill.sweep.queue import claim, enqueue_missing
+from kdistill.sweep.run import check_sweep
 from kdistill.sweep.space import grid_points, point_name, split_values
 from kdistill.sweep.study import ABANDONED_ATTR, POINT_ATTR, load_study
 from kdistill.sweep.worker import run_config
@@ -250,9 +254,46 @@ def test_two_workers_on_one_postgresql_study_run_every_point_once(tmp_path):
         assert result.exit_codes == [0, 0]
         assert_each_point_once(spec, 4)
         assert not (spec.out_dir / "study.db").exists()
-        study, _ = load_study(spec)
-        owners = {t.user_attrs["kdistill.pid"] for t in study.get_trials()}
-        assert len(owners) == 2, "both worker processes ran points"
+
+
+def _claim_on_a_machine(spec: SweepSpec, started: Any, first_claimed: Any, claimed: Any) -> None:
+    """One "machine" of the claim test: its own sweep directory (so its own claim lock), the shared study."""
+    study, storage = load_study(spec)
+    names = []
+    started.wait()
+    if (first := claim(spec, study, storage)) is not None:
+        names.append(first.name)
+    first_claimed.wait()  # every machine holds a point before any claims a second: all of them take part
+    while (next_one := claim(spec, study, storage)) is not None:
+        names.append(next_one.name)
+    claimed.put((os.getpid(), names))
+
+
+def test_machines_claiming_from_one_postgresql_study_at_once_never_take_a_point_twice(tmp_path):
+    """No local lock between them: only PostgreSQL's row lock on the trial's state keeps the claims apart."""
+    machines, params = 3, ["optim.lr=0.01,0.02,0.05,0.1,0.2,0.5", "optim.momentum=0.0,0.9"]
+    with postgres_server() as url:
+        specs = [spec_for(tmp_path / f"machine{index}", *params, storage=url) for index in range(machines)]
+        assert len({spec.study_name for spec in specs}) == 1 and len({spec.out_dir for spec in specs}) == machines
+        study, _ = load_study(specs[0])
+        points = check_sweep(specs[0])
+        assert enqueue_missing(study, points) == 12
+        context = multiprocessing.get_context("spawn")
+        started, first_claimed, claimed = context.Barrier(machines), context.Barrier(machines), context.Queue()
+        processes = [
+            context.Process(target=_claim_on_a_machine, args=(spec, started, first_claimed, claimed)) for spec in specs
+        ]
+        for process in processes:
+            process.start()
+        results = [claimed.get(timeout=300) for _ in processes]
+        for process in processes:
+            process.join(timeout=60)
+            assert process.exitcode == 0
+        names = [name for _, taken in results for name in taken]
+        assert sorted(names) == sorted(name for name, _ in points), "every point claimed exactly once"
+        assert all(taken for _, taken in results), results
+        owners = {t.user_attrs[POINT_ATTR]: t.user_attrs["kdistill.pid"] for t in load_study(specs[0])[0].get_trials()}
+        assert owners == {name: pid for pid, taken in results for name in taken}
 
 
 # ----------------------------------------------------------------------------- search and pruning
