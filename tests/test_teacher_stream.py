@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from kdistill.api import cache_teacher, fit
 from kdistill.config import load_config
@@ -238,3 +239,18 @@ def test_a_topk_stream_stores_k_logits_per_sample_serves_them_and_is_recorded(tm
     assert train_losses(Path(warm["run_dir"]))[0] == pytest.approx(train_losses(Path(cold["run_dir"]))[0], rel=0.1)
     with pytest.raises(ConfigError, match="teacher_stream_topk=10 keeps every logit"):
         fit(stream_config(tmp_path, "all", digits_teacher, "train.teacher_stream_topk=10"), **QUIET)
+
+
+def test_cache_teacher_compiles_the_teacher_as_a_compiled_training_run_does(tmp_path, digits_teacher):
+    """train.compile is part of the cache key, so cache-teacher must store the compiled teacher's logits: a
+    compiled run served from its table then trains bitwise as a compiled run with a live teacher."""
+    config = stream_config(tmp_path, "run", digits_teacher, "train.epochs=1", "train.compile=true")
+    counters.clear()
+    filled = cache_teacher(config, log=lambda _: None)
+    assert filled["teacher_stream_epochs_written"] == 1
+    assert counters["stats"]["unique_graphs"] > 0, "cache-teacher ran the teacher eagerly"
+    warm = fit(config, **QUIET)
+    assert warm["teacher_stream_epochs_read"] == 1 and warm["teacher_cache_hits"] == filled["teacher_samples_run"]
+    compiled_live = ("train.epochs=1", "train.compile=true", "train.teacher_store=false")
+    live = fit(stream_config(tmp_path / "live", "live", digits_teacher, *compiled_live), **QUIET)
+    assert train_losses(Path(warm["run_dir"])) == train_losses(Path(live["run_dir"]))

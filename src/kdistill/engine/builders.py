@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.checks import config_problems
-from kdistill.config import Config, ModelConfig
+from kdistill.config import Config, ModelConfig, TrainConfig
 from kdistill.contracts import ConfigError, DataInfo
 from kdistill.data import DATASETS
 from kdistill.data.transforms import PRESETS
@@ -165,11 +165,18 @@ def build_method(config: Config, info: DataInfo, load_weights: bool = True) -> M
     return method_cls(student, teachers, config.method, info)
 
 
-def place_method(method: Method[Any], device: torch.device, channels_last: bool) -> Method[Any]:
-    """The method on ``device``, in the NHWC layout with ``channels_last`` (``train.channels_last``): the trainer and
-    ``cache-teacher`` place it alike, so the teacher logits one stores are the ones the other would compute."""
+def place_method(method: Method[Any], device: torch.device, train: TrainConfig) -> Method[Any]:
+    """The method on ``device``, in the NHWC layout with ``train.channels_last``, its student and teachers compiled
+    with ``train.compile`` (in place: the state dict keeps its keys, so checkpoints and resume are unchanged). The
+    trainer and ``cache-teacher`` place it alike, so the teacher logits one stores are the ones the other would
+    compute (the cache key records both switches)."""
     method = method.to(device)
-    return method.to(memory_format=torch.channels_last) if channels_last else method
+    if train.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    if train.compile:
+        for model in (method.student, *method.teachers):
+            model.compile()  # lazy: a model that never runs (the student in cache-teacher) is never compiled
+    return method
 
 
 def _build_one(model: ModelConfig, info: DataInfo, where: str, load_weights: bool) -> nn.Module:

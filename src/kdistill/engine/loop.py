@@ -323,10 +323,7 @@ def build_run(config: Config, resume: bool, overwrite: bool, trackers: TrackerFa
             )
         if is_distributed():
             method = convert_sync_batchnorm(method)
-    method = place_method(method, device, config.train.channels_last)
-    if config.train.compile:
-        for model in (method.student, *method.teachers):
-            model.compile()  # in place: the state dict keeps its keys, so checkpoints and resume are unchanged
+    method = place_method(method, device, config.train)
     train_loader, eval_loaders = build_loaders(config, data)
     epoch_steps = steps_per_epoch(train_loader, config.train.max_steps_per_epoch)
     world = rank_and_world()[1]

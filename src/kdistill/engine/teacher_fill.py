@@ -71,7 +71,7 @@ def cache_teacher(config: Config, log: Callable[[str], None] = print) -> dict[st
     seed_everything(config.seed)
     data = build_data(config.data, config.seed, config.stream_seed())
     method = build_method(config, data_info(data, config.data.batch_size))
-    method = place_method(method, device, config.train.channels_last)
+    method = place_method(method, device, config.train)
     train_loader, eval_loaders = build_loaders(config, data)
     references = compute_teacher_references(method, data, eval_loaders, device, config)
     result: dict[str, Any] = {"train_logits_cached": references.train_cached, **references.store}
