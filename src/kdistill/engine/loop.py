@@ -303,6 +303,17 @@ def build_loaders(config: Config, data: Data) -> tuple[DataLoader, dict[str, Dat
     return train_loader, eval_loaders
 
 
+def build_data_and_method(config: Config) -> tuple[Config, Data, DataInfo, Method[Any]]:
+    """The data and the method (not yet placed) of a run of ``config``: architectures resolved from checkpoints, the
+    global RNG seeded with ``config.seed`` before anything random is built. The trainer and ``cache-teacher`` both
+    build through here, so the teacher logits one stores are the ones the other would compute."""
+    config = resolve_architectures(config)
+    seed_everything(config.seed)
+    data = build_data(config.data, config.seed, config.stream_seed())
+    info = data_info(data, config.data.batch_size)
+    return config, data, info, build_method(config, info)
+
+
 def build_run(config: Config, resume: bool, overwrite: bool, trackers: TrackerFactory | None) -> RunState:
     """Device, data, method, loaders, optimizer and schedule, and the run directory (not yet restored)."""
     started = time.time()
@@ -310,11 +321,7 @@ def build_run(config: Config, resume: bool, overwrite: bool, trackers: TrackerFa
     device = init_from_environment(resolve_device(config.train.device))
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    config = resolve_architectures(config)
-    seed_everything(config.seed)
-    data = build_data(config.data, config.seed, config.stream_seed())
-    info = data_info(data, config.data.batch_size)
-    method = build_method(config, info)
+    config, data, info, method = build_data_and_method(config)
     if config.train.sync_batchnorm:
         if device.type != "cuda":
             raise ConfigError(

@@ -17,20 +17,11 @@ from tqdm.auto import tqdm
 
 from kdistill.config import Config
 from kdistill.contracts import ConfigError
-from kdistill.data import build_data, data_info
-from kdistill.engine.builders import (
-    autocast,
-    build_method,
-    place_method,
-    preflight,
-    resolve_architectures,
-    resolve_device,
-)
-from kdistill.engine.loop import build_loaders, start_stream_epoch, steps_per_epoch
+from kdistill.engine.builders import autocast, place_method, preflight, resolve_device
+from kdistill.engine.loop import build_data_and_method, build_loaders, start_stream_epoch, steps_per_epoch
 from kdistill.engine.teacher_cache import compute_teacher_references
 from kdistill.engine.teacher_stream import StreamTeacherOutputs
 from kdistill.methods import Method
-from kdistill.runtime.rng import seed_everything
 
 
 def stream_epochs(config: Config) -> list[int]:
@@ -67,10 +58,7 @@ def cache_teacher(config: Config, log: Callable[[str], None] = print) -> dict[st
     if not config.train.teacher_store:
         raise ConfigError("train.teacher_store=false: the cache is off; drop that override to fill it")
     device = resolve_device(config.train.device)
-    config = resolve_architectures(config)
-    seed_everything(config.seed)
-    data = build_data(config.data, config.seed, config.stream_seed())
-    method = build_method(config, data_info(data, config.data.batch_size))
+    config, data, _, method = build_data_and_method(config)
     method = place_method(method, device, config.train)
     train_loader, eval_loaders = build_loaders(config, data)
     references = compute_teacher_references(method, data, eval_loaders, device, config)
