@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv data postgres clean
+.PHONY: demo test docs venv data postgres clean
 
 venv: $(VENV)/.installed
 
@@ -29,12 +29,18 @@ postgres:
 demo: venv data
 	$(VENV)/bin/kdistill demo $(if $(wildcard $(FASHION_DIR)/train-images-idx3-ubyte.gz),,--set data.download=true) $(ARGS)
 
-# Lint, format check and type check first (seconds), then the tests.
+# Lint, format check, type check and the docs build first (seconds), then the tests.
 test: venv data postgres
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d build/docs-site
 	$(PY) -m pytest $(ARGS)
 
+# The docs site (mkdocs.yml, docs/) into site/; --strict makes a broken link or API reference an error.
+# Preview while editing: $(VENV)/bin/mkdocs serve
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site build/docs-site
