@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdistill.choices import FewLabels
 from kdistill.config import Config, load_config, replace
 from kdistill.contracts import ConfigError
 from kdistill.data import build_data, data_info, make_loader
@@ -29,6 +29,7 @@ from kdistill.report.tables import format_mean_std, markdown_table, mean_std
 from kdistill.track import build_sinks
 
 __all__ = [
+    "FewLabels",
     "cache_teacher",
     "fit",
     "train",
@@ -141,20 +142,6 @@ DEMO_TEACHER = {"name": "cnn", "kwargs": {"channels": [32, 64], "hidden": 512}} 
 DEMO_STUDENT = {"name": "mlp", "kwargs": {"hidden": [128]}}  # ~0.10M parameters: 8x smaller, as in seed 002
 
 
-@dataclass(frozen=True)
-class FewLabels:
-    """The demo's second setting: ``labelled`` training images keep their label, the rest are unlabelled. The student
-    alone trains on the labelled images; the distilled student also learns the teacher's outputs on the others (the
-    transfer set of Hinton et al.). Each arm's settings were chosen on validation accuracy, never test, by the sweeps
-    in docs/results.md ("How the demo's settings were chosen")."""
-
-    labelled: int = 1000
-    alone_epochs: int = 100
-    alone_lr: float = 0.05
-    temperature: float = 1.0
-    kd_weight: float = 0.9  # lambda: (1 - lambda) CE on the labelled samples + lambda T^2 KL on all
-
-
 def _demo_student(name: str, common: list[str], extra: list[str], trials: int, log, **sections: Any):
     config = load_config(base={**DEMO_BASE, "name": name, "student": DEMO_STUDENT, **sections}, overrides=common)
     return run_trials(replace(config, extra), trials, overwrite=True, log=log)
@@ -262,7 +249,7 @@ def demo(
     train_subset: int | None = None,
     overrides: list[str] | None = None,
     log: Callable[[str], None] = print,
-    few_labels: FewLabels | None = FewLabels(),
+    few_labels: FewLabels | None = FewLabels(),  # noqa: B008 (a frozen dataclass, as before it moved to choices.py)
 ) -> dict[str, Any]:
     """Seed 002's story on Fashion-MNIST: a teacher CNN, a student MLP alone and the student distilled, in two
     settings: all labels (seed 002's: ``(1 - lambda) * CE + lambda * T^2 * KL``, T = 10, lambda = 0.5), and

@@ -1,5 +1,7 @@
 """The ground floor: what every layer shares. Errors, the batch, what a method learns about the data, what a
-training step returns. Nothing here imports another kdistill module."""
+training step returns. The errors and the version live in the torch-free :mod:`kdistill.errors` and
+:mod:`kdistill.choices` (the command line catches and shows them without importing torch) and are handed on from
+here; nothing else here imports another kdistill module."""
 
 from __future__ import annotations
 
@@ -8,38 +10,28 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-VERSION = "0.1.0"  # kdistill's version (pyproject.toml), recorded in exports; the package hands it on as __version__
+from kdistill.choices import VERSION
+from kdistill.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetNotFoundError,
+    DiskFullError,
+    TrainingDivergedError,
+    TrainingInterrupted,
+)
 
-# ----------------------------------------------------------------------------- errors
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message says which and what is allowed."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt, of another kind, or does not fit the model."""
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset's files are not where we looked; the message says how to get them."""
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; no checkpoint was written from the diverged state."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """A signal (SIGTERM, SIGINT, SIGUSR1) stopped training after a step; last.pt holds that step."""
-
-    def __init__(self, message: str, signal_number: int) -> None:
-        super().__init__(message)
-        self.signal_number = signal_number
-
-
-class DiskFullError(OSError):
-    """A file could not be written for lack of space; the previous version of the file is intact."""
-
+__all__ = [
+    "VERSION",
+    "Batch",
+    "CheckpointError",
+    "ConfigError",
+    "DataInfo",
+    "DatasetNotFoundError",
+    "DiskFullError",
+    "StepOutput",
+    "TrainingDivergedError",
+    "TrainingInterrupted",
+]
 
 # ----------------------------------------------------------------------------- data and steps
 

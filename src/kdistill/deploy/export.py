@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from kdistill.choices import EXPORT_FORMATS
 from kdistill.config import Config, to_dict
 from kdistill.contracts import VERSION, CheckpointError, ConfigError, DataInfo, DatasetNotFoundError
 from kdistill.data import Data, build_data
@@ -43,7 +44,7 @@ from kdistill.engine.export import load_student, student_from_payload
 from kdistill.models.loading import STUDENT_KIND
 from kdistill.runtime.io import atomic_write_text
 
-FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
+FORMATS = EXPORT_FORMATS  # format -> file suffix (in kdistill.choices: `kdistill export --help` lists them)
 PARITY_BATCH = 64  # the artifacts are run batch by batch (the ONNX batch axis is dynamic)
 Runner = Callable[[Tensor], Tensor]  # (B, C, H, W) normalised inputs -> (B, K) logits
 

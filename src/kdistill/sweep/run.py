@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from kdistill.choices import SWEEP_OBJECTIVES
 from kdistill.config import replace
 from kdistill.contracts import ConfigError
 from kdistill.engine.builders import preflight
@@ -41,7 +42,7 @@ from kdistill.track import default_tracking_uri, finish_parent_run, read_summary
 if TYPE_CHECKING:
     import optuna
 
-OBJECTIVES = ("final_val_acc", "best_val_acc")
+OBJECTIVES = SWEEP_OBJECTIVES  # in kdistill.choices: `kdistill sweep --help` lists them
 
 
 @dataclass

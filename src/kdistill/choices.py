@@ -1,0 +1,30 @@
+"""kdistill's version and the choices and defaults that ``kdistill --help`` shows, without importing torch.
+
+The modules that act on them import them from here (``deploy.export`` the formats, ``sweep.run`` the objectives,
+``api`` the demo's few-labels setting), so each is written once and the help answers in well under a second.
+Nothing here imports another kdistill module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VERSION = "0.1.0"  # kdistill's version (pyproject.toml), recorded in exports; the package hands it on as __version__
+
+EXPORT_FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}  # format -> file suffix
+
+SWEEP_OBJECTIVES = ("final_val_acc", "best_val_acc")  # what ranks a sweep's points (validation accuracy, never test)
+
+
+@dataclass(frozen=True)
+class FewLabels:
+    """The demo's second setting: ``labelled`` training images keep their label, the rest are unlabelled. The student
+    alone trains on the labelled images; the distilled student also learns the teacher's outputs on the others (the
+    transfer set of Hinton et al.). Each arm's settings were chosen on validation accuracy, never test, by the sweeps
+    in docs/results.md ("How the demo's settings were chosen")."""
+
+    labelled: int = 1000
+    alone_epochs: int = 100
+    alone_lr: float = 0.05
+    temperature: float = 1.0
+    kd_weight: float = 0.9  # lambda: (1 - lambda) CE on the labelled samples + lambda T^2 KL on all
