@@ -5,7 +5,8 @@ against the schema (an unknown key fails with the list of valid ones, a value of
 fails with the expected type). The ``method`` section is typed by the chosen method: each method
 registers its own dataclass of hyperparameters into :data:`METHOD_CONFIGS` (``@register_method`` in
 ``kdistill.methods.base`` does it), so ``method.temperature`` is valid for ``kd`` and an error for ``ce``.
-This module does not import the methods: the registry is filled by whoever imports them (``import kdistill``).
+This module does not import the methods: the registry is filled when ``kdistill.methods`` is imported, which the
+registry itself does at its first lookup.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def number_problems(where: str, value: Any, low: float | None = None, high: floa
     return []
 
 
-METHOD_CONFIGS: Registry[type[MethodConfig]] = Registry("method")
+METHOD_CONFIGS: Registry[type[MethodConfig]] = Registry("method", filled_by="kdistill.methods")
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Each registrable thing registers itself with a decorator in its own file; the package's
 ``__init__`` imports every module of the package, so adding a dataset, model or method
-touches only its file (plus a config), never a central list.
+touches only its file (plus a config), never a central list. A registry defined below the
+package that fills it (the method configs in ``config.py``) names that package and imports
+it at its first lookup, so ``load_config`` works without ``import kdistill`` importing torch.
 """
 
 from __future__ import annotations
@@ -19,9 +21,15 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named mapping with helpful errors for unknown names."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, filled_by: str | None = None) -> None:
         self.kind = kind
+        self.filled_by = filled_by  # the package whose import registers the entries (imported at the first lookup)
         self._entries: dict[str, T] = {}
+
+    def _fill(self) -> None:
+        """Import the registering package (a no-op once imported, or while it is being imported)."""
+        if self.filled_by is not None:
+            importlib.import_module(self.filled_by)
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -33,6 +41,7 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
+        self._fill()
         if name not in self._entries:
             close = difflib.get_close_matches(name, self._entries, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -42,9 +51,11 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def names(self) -> list[str]:
+        self._fill()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
+        self._fill()
         return name in self._entries
 
 
