@@ -1,10 +1,11 @@
 """kdistill: knowledge distillation in PyTorch.
 
-Importing the package registers the built-in datasets, models and methods (so a config naming them can be
-read); the operations are in :mod:`kdistill.api`, the command line in :mod:`kdistill.cli`.
+Importing the package is light (no torch): the operations are in :mod:`kdistill.api`, the command line in
+:mod:`kdistill.cli`. The built-in datasets, models and methods register themselves when their package
+(:mod:`kdistill.data`, :mod:`kdistill.models`, :mod:`kdistill.methods`) is imported, which every module that
+looks them up does (the method configs' registry imports :mod:`kdistill.methods` at its first lookup).
 """
 
-from kdistill import data, methods, models  # registrations
-from kdistill.contracts import VERSION as __version__
+from kdistill.choices import VERSION as __version__
 
-__all__ = ["__version__", "data", "methods", "models"]
+__all__ = ["__version__"]

@@ -1,5 +1,9 @@
 """Command line: ``kdistill train | distill | cache-teacher | sweep | tune | eval | export | demo | report |
-show-batch | compare | models | datasets | methods``."""
+show-batch | compare | models | datasets | methods``.
+
+Building the parser needs nothing heavy (its choices and defaults come from :mod:`kdistill.choices`), so
+``kdistill --help`` answers without importing torch; each command's handler imports what it runs when it runs
+(tests/test_cli_startup.py holds both)."""
 
 from __future__ import annotations
 
@@ -13,9 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from kdistill import api
-from kdistill.config import load_config, replace, to_dict
-from kdistill.contracts import (
+from kdistill.choices import EXPORT_FORMATS, SWEEP_OBJECTIVES, FewLabels
+from kdistill.errors import (
     CheckpointError,
     ConfigError,
     DatasetNotFoundError,
@@ -23,19 +26,6 @@ from kdistill.contracts import (
     TrainingDivergedError,
     TrainingInterrupted,
 )
-from kdistill.data import DATASET_INFO, build_data
-from kdistill.deploy import FORMATS, export_run
-from kdistill.engine.builders import preflight
-from kdistill.methods import METHODS
-from kdistill.models.catalog import model_catalog
-from kdistill.report.batches import show_batch
-from kdistill.report.compression import SpeedSettings, compare_runs
-from kdistill.report.experiments import CURVES, write_report
-from kdistill.report.features import write_tsne
-from kdistill.report.tables import markdown_table
-from kdistill.sweep import SweepSpec, default_sweep_dir, parse_param, run_sweep
-from kdistill.sweep.run import OBJECTIVES
-from kdistill.tune import as_overrides, bit_hyperrule, tune_spec
 
 CONFIG_HELP = (
     "YAML config file (see configs/). Every key can also be set with --set; without a file the "
@@ -185,7 +175,7 @@ def _add_export_command(commands: Subcommands) -> None:
         "(written to <run>/export/parity_<format>.json). ONNX needs pip install 'kdistill[export]'.",
     )
     export.add_argument("run", help="run directory (with student.pt)")
-    export.add_argument("--format", "-f", required=True, choices=list(FORMATS), help="artifact format")
+    export.add_argument("--format", "-f", required=True, choices=list(EXPORT_FORMATS), help="artifact format")
     export.add_argument(
         "--output",
         "-o",
@@ -224,8 +214,8 @@ def _add_demo_command(commands: Subcommands) -> None:
     demo.add_argument(
         "--labelled",
         type=int,
-        default=api.FewLabels.labelled,
-        help=f"labelled images of the few-labels setting (default {api.FewLabels.labelled}; 0 skips that setting)",
+        default=FewLabels.labelled,
+        help=f"labelled images of the few-labels setting (default {FewLabels.labelled}; 0 skips that setting)",
     )
     demo.add_argument("--output-dir", default="runs/demo", help="where the run directories go (default runs/demo)")
     demo.add_argument(
@@ -355,6 +345,10 @@ def _config_path(args: argparse.Namespace) -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from kdistill import api
+    from kdistill.config import load_config, to_dict
+    from kdistill.engine.builders import preflight
+
     config = preflight(load_config(args.config, args.overrides))
     if args.print_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -370,6 +364,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from kdistill.config import load_config, replace
+    from kdistill.data import build_data
+    from kdistill.sweep import run_sweep
+    from kdistill.tune import as_overrides, bit_hyperrule, tune_spec
+
     config = load_config(args.config, args.overrides)
     if args.bit_hyperrule:
         data = build_data(config.data, config.seed)
@@ -419,7 +418,7 @@ def _add_sweep_command(commands: Subcommands) -> None:
     )
     sweep.add_argument(
         "--objective",
-        choices=OBJECTIVES,
+        choices=SWEEP_OBJECTIVES,
         default="final_val_acc",
         help="what ranks the points, averaged over the seeds: last-epoch or best validation accuracy "
         "(default final_val_acc)",
@@ -441,6 +440,9 @@ def _add_sweep_command(commands: Subcommands) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from kdistill.config import load_config
+    from kdistill.sweep import SweepSpec, default_sweep_dir, parse_param, run_sweep
+
     config = load_config(_config_path(args), args.overrides)
     out = Path(args.out) if args.out else default_sweep_dir(config)
     spec = SweepSpec(
@@ -482,6 +484,8 @@ def _add_compare_command(commands: Subcommands) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from kdistill.report.compression import SpeedSettings, compare_runs
+
     settings = SpeedSettings(repeats=args.repeats, batch_repeats=args.batch_repeats, threads=args.threads)
     report = compare_runs(args.runs, args.out, settings)
     print(report.markdown)
@@ -490,6 +494,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from kdistill.report.experiments import CURVES, write_report
+    from kdistill.report.features import write_tsne
+
     by = [key.strip() for key in args.by.split(",") if key.strip()] if args.by else None
     run_dirs = [Path(path) for path in args.runs if (Path(path) / "config.yaml").is_file()]
     if args.tsne and not run_dirs:
@@ -504,6 +511,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _show_batch(args: argparse.Namespace) -> int:
+    from kdistill.config import load_config
+    from kdistill.report.batches import show_batch
+
     config = load_config(_config_path(args), args.overrides)
     result = show_batch(config, args.out, args.grid, args.epoch)
     rates = result.lrs
@@ -519,6 +529,8 @@ def _show_batch(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from kdistill.deploy import export_run
+
     parity = export_run(args.run, args.format, args.output, args.parity_samples)
     print(f"exported {parity['file']} ({parity['bytes']:,} bytes); metadata {parity['metadata']}")
     print(
@@ -530,6 +542,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _list_models(args: argparse.Namespace) -> int:
+    from kdistill.models.catalog import model_catalog
+    from kdistill.report.tables import markdown_table
 
     try:
         channels, height, width = (int(v) for v in args.input_shape.split(","))
@@ -552,6 +566,8 @@ def _list_models(args: argparse.Namespace) -> int:
 
 
 def _list_datasets() -> int:
+    from kdistill.data import DATASET_INFO
+    from kdistill.report.tables import markdown_table
 
     rows = [[name, info["description"], info["how_to_get"]] for name, info in sorted(DATASET_INFO.items())]
     print(markdown_table(["dataset", "description", "how to get it"], rows))
@@ -566,6 +582,8 @@ def plain_summary(docstring: str | None) -> str:
 
 
 def _list_methods() -> int:
+    from kdistill.methods import METHODS
+    from kdistill.report.tables import markdown_table
 
     rows = []
     for name in METHODS.names():
@@ -581,16 +599,23 @@ def _list_methods() -> int:
 
 
 def _cache_teacher(args: argparse.Namespace) -> int:
+    from kdistill import api
+    from kdistill.config import load_config
+
     print(json.dumps(api.cache_teacher(load_config(_config_path(args), args.overrides)), indent=2))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from kdistill import api
+
     print(json.dumps(api.evaluate_checkpoint(args.checkpoint, args.split, args.overrides, args.device), indent=2))
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from kdistill import api
+
     api.demo(
         args.output_dir,
         args.trials,
@@ -600,7 +625,7 @@ def _demo(args: argparse.Namespace) -> int:
         args.kd_weight,
         args.train_subset,
         args.overrides,
-        few_labels=api.FewLabels(labelled=args.labelled) if args.labelled > 0 else None,
+        few_labels=FewLabels(labelled=args.labelled) if args.labelled > 0 else None,
     )
     return 0
 
