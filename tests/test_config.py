@@ -6,6 +6,7 @@ import pytest
 
 from kdistill.config import Config, dump_config, load_config, parse_override, replace, to_dict
 from kdistill.contracts import ConfigError
+from kdistill.engine.builders import preflight
 
 
 def test_round_trip_through_yaml(tmp_path):
@@ -83,3 +84,23 @@ def test_every_shipped_config_file_loads():
         first_line = path.read_text().splitlines()[0]
         assert first_line.startswith("#"), f"{path} must start with a comment giving its command and target"
         load_config(path)
+
+
+def test_switching_from_nesterov_sgd_turns_the_sgd_only_switch_off():
+    nesterov_sgd = load_config(overrides=["optim.nesterov=true"])
+    for switched in (
+        load_config(base={"optim": {"nesterov": True}}, overrides=["optim.name=adamw"]),
+        replace(nesterov_sgd, ["optim.name=adam"]),
+    ):
+        assert switched.optim.name in ("adam", "adamw") and switched.optim.nesterov is False  # recorded as run
+    assert replace(nesterov_sgd, ["optim.lr=0.1"]).optim.nesterov is True  # only a switch of optimizer turns it off
+    assert load_config(overrides=["optim.name=sgd", "optim.nesterov=true"]).optim.nesterov is True
+
+
+def test_nesterov_asked_for_with_adam_or_without_momentum_gives_the_fix():
+    with pytest.raises(
+        ConfigError, match=r"optim.name='adam' \(its momentum is optim.betas\): add --set optim.nesterov=false"
+    ):
+        preflight(load_config(overrides=["student.name=mlp", "optim.name=adam", "optim.nesterov=true"]))
+    with pytest.raises(ConfigError, match="add --set optim.momentum=0.9 or --set optim.nesterov=false"):
+        preflight(load_config(overrides=["student.name=mlp", "optim.nesterov=true", "optim.momentum=0"]))

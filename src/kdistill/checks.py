@@ -96,8 +96,16 @@ def _optim_problems(optim: OptimConfig) -> Problems:
         problems.append(f"optim.name={optim.name!r}; valid: sgd, adam, adamw")
     if not (math.isfinite(optim.momentum) and 0 <= optim.momentum < 1):
         problems.append(f"optim.momentum={optim.momentum} must be in [0, 1)")
-    if optim.nesterov and (optim.name != "sgd" or optim.momentum <= 0):
-        problems.append("optim.nesterov needs optim.name=sgd and optim.momentum > 0")
+    if optim.nesterov and optim.name != "sgd":
+        problems.append(
+            f"optim.nesterov=true is an SGD option, and optim.name={optim.name!r} (its momentum is optim.betas): "
+            "add --set optim.nesterov=false"
+        )
+    elif optim.nesterov and optim.momentum <= 0:
+        problems.append(
+            f"optim.nesterov=true needs momentum, and optim.momentum={optim.momentum}: add --set optim.momentum=0.9 "
+            "or --set optim.nesterov=false"
+        )
     if len(optim.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in optim.betas):
         problems.append(f"optim.betas={optim.betas} must be two numbers in [0, 1)")
     return problems

@@ -340,10 +340,25 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     data = copy.deepcopy(data)
+    keys = set()
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
+        keys.add(key)
+    _switch_optimizer(data, keys)
     return data
+
+
+def _switch_optimizer(data: dict[str, Any], overridden: set[str]) -> None:
+    """An override that switches ``optim.name`` from SGD to another optimizer turns the SGD-only
+    ``optim.nesterov`` off, unless the same overrides set it: ``--set optim.name=adam`` on a config written for
+    Nesterov SGD just works, and the resolved config records ``nesterov: false``, what Adam ran with. Nesterov
+    asked for together with Adam stays a refusal (Adam has no Nesterov switch; NAdam is not offered)."""
+    optim = data.get("optim")
+    if "optim.name" not in overridden or "optim.nesterov" in overridden or not isinstance(optim, dict):
+        return
+    if optim.get("name") not in ("sgd", None) and optim.get("nesterov") is True:
+        optim["nesterov"] = False
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
