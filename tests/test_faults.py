@@ -17,6 +17,7 @@ import torch
 
 from kdistill.config import replace
 from kdistill.contracts import ConfigError, DiskFullError, TrainingDivergedError
+from kdistill.engine.builders import preflight
 from kdistill.engine.loop import fit
 from kdistill.engine.run_dir import RUN_MARKER, recipe_differences
 from kdistill.methods.ce import CrossEntropy
@@ -86,6 +87,40 @@ def test_output_dir_that_is_a_file_is_reported(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="is a file"):
         fit(digits_config(tmp_path / "file", "run", "train.epochs=1"), **QUIET)
+
+
+def test_the_write_check_agrees_with_the_file_system(tmp_path):
+    """A directory without write permission: refused where the OS refuses (a user), accepted where it lets the
+    process write (root writes past permission bits); either way the check leaves nothing behind."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        config = digits_config(locked / "runs", "run", "train.epochs=1")
+        refused = False
+        try:
+            preflight(config)
+        except ConfigError as error:
+            assert f"output_dir='{locked}/runs' cannot be written: {locked} refuses new entries" in str(error)
+            refused = True
+        assert list(locked.iterdir()) == []
+        try:
+            (locked / "runs").mkdir()
+            writable = True
+        except PermissionError:
+            writable = False
+        assert refused is not writable
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_run_dir_that_cannot_be_made_is_refused_before_anything_is_built(tmp_path):
+    with pytest.raises(ConfigError, match="output_dir='/proc/kdistill_x' cannot be written"):
+        fit(digits_config(Path("/proc/kdistill_x"), "run", "train.epochs=1"), **QUIET)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "taken").write_text("")  # the run directory's own path is a file
+    with pytest.raises(ConfigError, match=r"is a file, not a directory; choose another run name \(--set name=...\)"):
+        fit(digits_config(tmp_path / "runs", "taken", "train.epochs=1"), **QUIET)
 
 
 # ----------------------------------------------------------------------------- 2, 6. resume edge cases

@@ -15,6 +15,7 @@ from kdistill.config import Config, ModelConfig, TrainConfig
 from kdistill.contracts import ConfigError, DataInfo
 from kdistill.data import DATASETS
 from kdistill.data.transforms import PRESETS
+from kdistill.engine.run_dir import output_problems
 from kdistill.methods import METHODS, Method, MethodTraits
 from kdistill.models import InputSpec, build_model
 from kdistill.models.loading import architecture_from_checkpoint
@@ -76,6 +77,33 @@ def _registry_problems(config: Config) -> list[str]:
     return problems
 
 
+NOMINAL_CLASSES = 10  # the data is not loaded yet: the zoo models' options are checked for this many classes
+NOMINAL_SIDE = 224  # ... and images this large (data.image_size when set), so no valid option is refused as "too small"
+
+
+def _architecture_problems(config: Config) -> list[str]:
+    """Each named zoo model built on the ``meta`` device (shapes only: no memory, no weights) with its options, so
+    an option it does not take or a size it cannot build is reported with the rest. Checkpoint-defined
+    architectures and outside models (``timm:``, ``torchvision:``: their libraries check their own options, when
+    the run builds them) are not built here; what depends on the data's real size is checked when the run builds."""
+    side = config.data.image_size if config.data.image_size is not None and config.data.image_size > 0 else None
+    shape = (3, side or NOMINAL_SIDE, side or NOMINAL_SIDE)
+    models = [("student", config.student)] + [
+        ("teacher" if i == 0 else f"extra_teachers[{i - 1}]", t) for i, t in enumerate(config.teachers())
+    ]
+    problems = []
+    for where, model in models:
+        if not model.name or ":" in model.name or model.name not in MODELS:
+            continue  # no name: the checkpoint's architecture; an unknown name is reported by _registry_problems
+        shapes_only = dataclass_replace(model, checkpoint=None, checkpoint_key=None, sha256=None)
+        try:
+            with torch.device("meta"):
+                build_model(shapes_only, NOMINAL_CLASSES, shape, where)
+        except ConfigError as error:
+            problems.append(str(error))
+    return problems
+
+
 def _unknown(registry: Registry[Any], name: str) -> str:
     try:
         registry.get(name)
@@ -84,10 +112,13 @@ def _unknown(registry: Registry[Any], name: str) -> str:
     return ""
 
 
-def preflight(config: Config) -> Config:
-    """Every check that needs nothing built: the values (:func:`kdistill.checks.config_problems`), the names the
-    registries must know and the teacher count the method takes; all problems reported at once."""
-    problems = config_problems(config) + _registry_problems(config)
+def preflight(config: Config, output: bool = True) -> Config:
+    """Every check that needs no data and no weights: the values (:func:`kdistill.checks.config_problems`), the
+    names the registries must know, the zoo models' options (:func:`_architecture_problems`), the teacher count
+    the method takes and, with ``output``, that the run directory can be written; all problems reported at once."""
+    problems = config_problems(config) + _registry_problems(config) + _architecture_problems(config)
+    if output:
+        problems += output_problems(config)
     if config.method.name in METHODS:
         method_cls = METHODS.get(config.method.name)
         try:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,6 +89,52 @@ def run_path(config: Config) -> Path:
     if problems:
         raise ConfigError("; ".join(problems))
     return output_dir / config.name
+
+
+def output_problems(config: Config) -> list[str]:
+    """Whether the run directory ``<output_dir>/<name>`` can be made and written, checked without making it: the
+    nearest path of it that exists must be a directory (no part of the path a file) that takes a new entry. That is
+    tried, not inferred from permission bits (root writes past them, /proc and read-only mounts refuse root): a
+    probe directory is made there and removed at once, so nothing is left behind."""
+    output_dir = config.output_dir
+    if not output_dir or "\x00" in output_dir:
+        return [] if not output_dir else [f"output_dir={output_dir!r} holds a NUL character"]
+    target = Path(output_dir).absolute()  # as the run directory is made: no ~ expansion
+    named = not name_problems(config.name)  # a bad name is reported by itself; then check output_dir alone
+    if named:
+        target = target / config.name
+    try:
+        os.fsencode(target)
+    except UnicodeEncodeError:
+        return [f"output_dir={output_dir!r} (or name={config.name!r}) holds characters no file name can hold"]
+    existing, missing = target, []
+    while not os.path.lexists(existing) and existing != existing.parent:
+        missing.append(existing.name)
+        existing = existing.parent
+    advice = "choose a directory you can write, e.g. --set output_dir=runs"
+    if not existing.is_dir():
+        if existing == target and named:
+            advice = "choose another run name (--set name=...) or output_dir"
+        return [f"output_dir={output_dir!r} cannot be used: {existing} is a file, not a directory; {advice}"]
+    limit = _path_limit(existing, "PC_NAME_MAX", 255)
+    too_long = [name for name in missing if len(os.fsencode(name)) > limit]
+    if too_long or len(os.fsencode(target)) >= _path_limit(existing, "PC_PATH_MAX", 4096):
+        what = f"the part {too_long[-1][:40]!r}... is longer than {limit} bytes" if too_long else "the path is too long"
+        return [f"output_dir={output_dir[:80]!r}...: {what}; choose a shorter output_dir"]
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".kdistill-write-check-", dir=existing))
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        return [f"output_dir={output_dir!r} cannot be written: {existing} refuses new entries ({reason}); {advice}"]
+    return []
+
+
+def _path_limit(directory: Path, name: str, default: int) -> int:
+    """``os.pathconf`` of ``directory`` (e.g. the longest file name its file system takes), or ``default``."""
+    try:
+        return os.pathconf(directory, name)
+    except (OSError, ValueError):
+        return default
 
 
 def is_run_directory(path: Path) -> bool:

@@ -17,30 +17,109 @@ checkpoint whose model was, recorded as ``pretrained_inputs`` in its spec), the 
 from __future__ import annotations
 
 import inspect
+import math
+import typing
+from collections.abc import Sequence
 from typing import Any
 
 from kdistill.config import ModelConfig
-from kdistill.contracts import ConfigError
+from kdistill.contracts import CheckpointError, ConfigError
 from kdistill.models.input_adapter import InputSpec, expected_input, with_input_adapter
 from kdistill.models.loading import architecture_from_checkpoint, load_weights, records_pretrained_inputs
 from kdistill.models.registry import MODEL_SOURCES, MODELS, ModelBuilder
 from kdistill.models.taps import TappedModel
 
+RESERVED = ("num_classes", "input_shape", "name", "pretrained")  # what the builder gets from the run, not kwargs
+
 
 def _call_builder(builder: ModelBuilder, where: str, *args: Any, **kwargs: Any) -> TappedModel:
+    """``builder(*args, **kwargs)``, its options checked first; every failure to build is a ConfigError naming
+    ``<where>.kwargs`` and what the model takes. A zoo builder (no ``**kwargs``) gets its options checked against
+    its signature (names, types, signs) and must not build a layer without units; an outside adapter passes its
+    options on to its library, whose refusals are reported alike."""
     signature = inspect.signature(builder)
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
     if not accepts_any:
-        unknown = [k for k in kwargs if k not in signature.parameters]
-        if unknown:
-            valid = [n for n in signature.parameters if n not in ("num_classes", "input_shape", "name", "pretrained")]
-            raise ConfigError(
-                f"{where}.kwargs: unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}"
-            )
+        problems = option_problems(builder, kwargs, where)
+        if problems:
+            raise ConfigError("; ".join(problems))
+    catch: tuple[type[Exception], ...] = (
+        (TypeError, ValueError, RuntimeError, OverflowError) if accepts_any else (Exception,)
+    )
     try:
-        return builder(*args, **kwargs)
-    except (TypeError, ValueError) as error:  # e.g. a kwarg of the wrong type: {hidden: "big"}
-        raise ConfigError(f"{where}: could not build the model with kwargs {kwargs}: {error}") from None
+        model = builder(*args, **kwargs)
+    except (ConfigError, CheckpointError):
+        raise
+    except catch as error:  # e.g. a size torch refuses, a combination the model cannot take
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise ConfigError(
+            f"{where}.kwargs={kwargs}: the model cannot be built with these options ({first_line}); "
+            f"{_takes(builder, where)}"
+        ) from None
+    if not accepts_any:
+        empty = [(key, tuple(p.shape)) for key, p in model.named_parameters() if p.numel() == 0]
+        if empty:
+            raise ConfigError(
+                f"{where}.kwargs={kwargs}: the model would have a layer without units ({empty[0][0]} has shape "
+                f"{empty[0][1]}); every width must be >= 1. {_takes(builder, where)}"
+            )
+    return model
+
+
+def option_problems(builder: ModelBuilder, kwargs: dict[str, Any], where: str) -> list[str]:
+    """What is wrong with the options given to zoo ``builder`` (whose signature lists every option it takes):
+    unknown names, and values that do not fit the annotation (``bool``: true/false; ``int``: an integer >= 0;
+    ``float``: a finite number >= 0, a ``drop...`` rate below 1; ``str``; ``Sequence[int]``: integers >= 1)."""
+    parameters = inspect.signature(builder).parameters
+    options = [name for name in parameters if name not in RESERVED]
+    unknown = [key for key in kwargs if key not in options]
+    problems = []
+    if unknown:
+        problems.append(f"{where}.kwargs: unknown option(s) {', '.join(unknown)}; {_takes(builder, where)}")
+    try:
+        hints = typing.get_type_hints(builder)
+    except Exception:  # an annotation that does not resolve: the build itself checks the values
+        hints = {}
+    for key, value in kwargs.items():
+        expected = _value_problem(key, value, hints.get(key)) if key in options else None
+        if expected:
+            default = parameters[key].default
+            default = list(default) if isinstance(default, tuple) else default
+            problems.append(f"{where}.kwargs.{key}={value!r}: expected {expected} (the default is {default!r})")
+    return problems
+
+
+def _value_problem(key: str, value: Any, hint: Any) -> str | None:
+    """What ``value`` should have been for the annotation ``hint`` (None when it fits, or the hint is not checked)."""
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else "an integer >= 0"
+    if hint is float:
+        high = 1.0 if "drop" in key else math.inf
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = number and math.isfinite(value) and 0 <= value < high
+        return None if fits else ("a rate in [0, 1)" if "drop" in key else "a finite number >= 0")
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    if typing.get_origin(hint) in (list, tuple, Sequence) and typing.get_args(hint)[:1] == (int,):
+        fits = isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+        )
+        return None if fits else "a list of integers >= 1 (one width per layer), e.g. [64, 128]"
+    return None
+
+
+def _takes(builder: ModelBuilder, where: str) -> str:
+    """``<where>.kwargs takes: hidden (default [512]), dropout (default 0.0)``: the options and their defaults."""
+    described = [
+        f"{name} (default {list(p.default) if isinstance(p.default, tuple) else p.default!r})"
+        for name, p in inspect.signature(builder).parameters.items()
+        if name not in RESERVED and p.default is not inspect.Parameter.empty
+    ]
+    if not described:
+        return f"{where} takes no options: drop {where}.kwargs"
+    return f"{where}.kwargs takes: {', '.join(described)}"
 
 
 def build_model(
