@@ -30,6 +30,11 @@ CASES = {
 }
 
 
+# --standalone: torchrun's rendezvous binds port 0, so the OS hands each launch a free port (no fixed port that two
+# tests, or two test runs on one machine, could both want)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
 def _sets(values: list[str]) -> list[str]:
     return [arg for value in values for arg in ("--set", value)]
 
@@ -51,8 +56,7 @@ def test_two_ranks_match_one_process_with_the_global_batch(tmp_path, case, digit
     values = [*COMMON, *CASES[case], f"output_dir={tmp_path}"]
     if case == "kd":
         values.append(f"teacher.checkpoint={digits_teacher}")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    _run(torchrun, [*values, "name=ddp", "data.batch_size=32"])
+    _run(TORCHRUN, [*values, "name=ddp", "data.batch_size=32"])
     _run([sys.executable], [*values, "name=single", "data.batch_size=64"])
     ddp = read_checkpoint(tmp_path / "ddp" / "last.pt")["method_state"]
     single = read_checkpoint(tmp_path / "single" / "last.pt")["method_state"]
@@ -74,3 +78,33 @@ def test_sync_batchnorm_off_cuda_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="SyncBatchNorm runs on GPUs only"):
         fit(config, log=lambda _: None)
     assert not list(tmp_path.iterdir())
+
+
+EXIT_PROBE = """
+import atexit, sys
+import torch
+import torch.distributed as dist
+from kdistill.runtime.distributed import init_from_environment
+
+# atexit runs its functions last-registered first: this one, registered before kdistill joins the group, runs after
+# whatever kdistill registers, and reports whether the group was left
+atexit.register(lambda: print(f"rank {RANK} group still joined at exit: {dist.is_initialized()}", flush=True))
+init_from_environment(torch.device("cpu"))
+RANK = dist.get_rank()
+dist.all_reduce(torch.ones(8))
+if sys.argv[1] == "error":
+    raise RuntimeError("a failure after joining the group")
+"""
+
+
+@pytest.mark.parametrize("way_out", ["end", "error"])
+def test_every_rank_leaves_the_process_group_before_the_interpreter_exits(tmp_path, way_out):
+    script = tmp_path / "probe.py"
+    script.write_text(EXIT_PROBE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    done = subprocess.run(
+        [*TORCHRUN, str(script), way_out], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert (done.returncode == 0) == (way_out == "end"), done.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} group still joined at exit: False" in done.stdout, done.stdout + done.stderr[-3000:]

@@ -3,6 +3,7 @@ DistributedDataParallel wrapper is kdistill.engine.parallel)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -33,7 +34,19 @@ def init_from_environment(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not is_distributed():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(leave_process_group)
     return device
+
+
+def leave_process_group() -> None:
+    """Destroy the process group joined by :func:`init_from_environment`, as PyTorch asks every distributed program
+    to do before it ends. Registered with ``atexit`` when the group is joined, so it runs on every way out that
+    reaches the interpreter's exit (the end of the command, an error, a stop signal turned into an exception), while
+    the interpreter is still whole. Without it, a gloo worker thread may still hold a finished collective's tensors
+    when the interpreter is torn down; releasing them then takes the GIL from a dead interpreter and aborts the rank
+    (``terminate called without an active exception``, SIGABRT), failing a run that had finished its work."""
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def local_rank() -> int:
