@@ -52,7 +52,7 @@ class TrainingBatch:
 
 def training_batch(config: Config, epoch: int = 0) -> TrainingBatch:
     """The batch ``training_step`` receives at the first step of ``epoch`` (0-based) of ``config``'s run."""
-    config = resolve_architectures(preflight(config))
+    config = resolve_architectures(preflight(config, output=False))  # reads only: no run directory is written
     if not 0 <= epoch < config.train.epochs:
         raise ConfigError(f"--epoch {epoch}: the run has epochs 0 to {config.train.epochs - 1}")
     device = resolve_device(config.train.device)
