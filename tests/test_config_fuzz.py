@@ -100,7 +100,7 @@ def finite_and_in_range(config: Config) -> None:
                 assert value > 0, field.name
 
 
-@settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(KEYS), VALUES, min_size=1, max_size=4))
 def test_random_configs_are_rejected_cleanly_or_valid(overrides):
     try:
@@ -117,7 +117,7 @@ OVERRIDE_TEXT = st.one_of(
 )
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(overrides=st.lists(OVERRIDE_TEXT, min_size=1, max_size=3))
 def test_the_cli_never_gives_a_traceback_on_random_overrides(overrides):
     arguments = ["train", "--set", "student.name=mlp", "--set", "data.name=digits", "--print-config"]
