@@ -25,6 +25,7 @@ from kdistill.data import DATASET_INFO, build_data
 from kdistill.data.cifar import CIFAR
 from kdistill.data.emnist import EMNIST_MEAN, EMNIST_SPLITS, EMNIST_STD
 from kdistill.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
+from kdistill.data.mnist_like import read_idx
 
 from helpers import COL, ROW, marker, write_cifar
 
@@ -158,6 +159,16 @@ def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
             handle.write(payload)
     else:
         path.write_bytes(payload)
+
+
+def test_an_idx_file_is_decoded_once_per_process_until_it_changes(tmp_path):
+    path = tmp_path / "labels-idx1-ubyte"
+    write_idx(path, np.array([1, 2, 3]), compress=True)
+    first = read_idx(str(path) + ".gz")
+    assert first.tolist() == [1, 2, 3] and not first.flags.writeable  # shared between readers: read-only
+    assert read_idx(str(path) + ".gz") is first  # the second run of a sweep or a demo reads it from memory
+    write_idx(path, np.array([4, 5, 6, 7]), compress=True)  # the file changed: it is read again
+    assert read_idx(str(path) + ".gz").tolist() == [4, 5, 6, 7]
 
 
 def write_emnist_idx(directory: Path, split: str, train_labels, test_labels, compress: bool = True) -> None:

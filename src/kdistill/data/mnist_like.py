@@ -8,6 +8,7 @@ torchvision root with ``FashionMNIST/raw/``), Debian's ``dataset-fashion-mnist``
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
 from pathlib import Path
@@ -44,8 +45,17 @@ CACHE_DIR = Path("~/.cache/kdistill").expanduser()
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped): magic 0x0000 <dtype> <ndim>, big-endian dims, data."""
-    path = Path(path)
+    """Read an IDX file (optionally gzipped): magic 0x0000 <dtype> <ndim>, big-endian dims, data. Read-only: the
+    array is decoded once per process while the file stays the same (size and modification time), so the runs of
+    a demo, trials or a sweep in one process do not each decompress the same data set again."""
+    path = Path(path).resolve()
+    status = path.stat()
+    return _decoded_idx(path, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)  # a data set's four files
+def _decoded_idx(path: Path, size: int, mtime_ns: int) -> np.ndarray:
+    """:func:`read_idx` of one version of a file (``size`` and ``mtime_ns`` are part of the cache key)."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         data = handle.read()
