@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kdistill.cli import main
@@ -282,6 +282,11 @@ PATH_BASES = st.sampled_from(["{scratch}", "{scratch}/file", "{scratch}/dir", "/
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(base=PATH_BASES, parts=PATH_PARTS, name=st.sampled_from(["run", "file", "dir"]))
+# found by this test: ".." through missing directories to the file; ".." out of a file; ".." out of a directory
+# /proc refuses to make (the last two lead lexically to /run and /tmp-like writable places, mkdir -p fails)
+@example(base="{scratch}", parts=["b", "deep", "..", ".."], name="file")
+@example(base="{scratch}/file", parts=[".."], name="run")
+@example(base="/proc/kdistill_x", parts=["..", ".."], name="run")
 def test_random_output_paths_are_refused_by_name_or_writable(scratch, base, parts, name):
     output_dir = os.path.join(base.format(scratch=scratch), *parts)
     before = sorted(p.name for p in scratch.rglob("*"))

@@ -99,34 +99,51 @@ def output_problems(config: Config) -> list[str]:
     output_dir = config.output_dir
     if not output_dir or "\x00" in output_dir:
         return [] if not output_dir else [f"output_dir={output_dir!r} holds a NUL character"]
-    target = Path(output_dir).absolute()  # as the run directory is made: no ~ expansion
     named = not name_problems(config.name)  # a bad name is reported by itself; then check output_dir alone
-    if named:
-        target = target / config.name
+    path = Path(output_dir).absolute() / (config.name if named else "")  # as the run directory is made: no ~
     try:
-        os.fsencode(target)
+        os.fsencode(path)
     except UnicodeEncodeError:
         return [f"output_dir={output_dir!r} (or name={config.name!r}) holds characters no file name can hold"]
+    # "." and ".." as mkdir -p meets them: a missing directory before ".." is made, then left
+    current = Path(path.anchor)
+    for part in path.parts[1:]:
+        if part == "..":
+            problem = _cannot_make(current, output_dir, run_named=False, final=False)
+            if problem:
+                return [problem]
+            current = current.parent
+        elif part != ".":
+            current = current / part
+    problem = _cannot_make(current, output_dir, run_named=named, final=True)
+    return [problem] if problem else []
+
+
+def _cannot_make(target: Path, output_dir: str, run_named: bool, final: bool) -> str | None:
+    """Why the directory ``target`` (no "." or "..") cannot be made, or, ``final``, made and written; None if it
+    can. ``run_named``: ``target`` is the run directory itself (then a file there asks for another run name)."""
     existing, missing = target, []
     while not os.path.lexists(existing) and existing != existing.parent:
         missing.append(existing.name)
         existing = existing.parent
     advice = "choose a directory you can write, e.g. --set output_dir=runs"
     if not existing.is_dir():
-        if existing == target and named:
+        if existing == target and run_named:
             advice = "choose another run name (--set name=...) or output_dir"
-        return [f"output_dir={output_dir!r} cannot be used: {existing} is a file, not a directory; {advice}"]
+        return f"output_dir={output_dir!r} cannot be used: {existing} is a file, not a directory; {advice}"
+    if not missing and not final:
+        return None  # an existing directory that a ".." only passes through
     limit = _path_limit(existing, "PC_NAME_MAX", 255)
     too_long = [name for name in missing if len(os.fsencode(name)) > limit]
     if too_long or len(os.fsencode(target)) >= _path_limit(existing, "PC_PATH_MAX", 4096):
         what = f"the part {too_long[-1][:40]!r}... is longer than {limit} bytes" if too_long else "the path is too long"
-        return [f"output_dir={output_dir[:80]!r}...: {what}; choose a shorter output_dir"]
+        return f"output_dir={output_dir[:80]!r}...: {what}; choose a shorter output_dir"
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".kdistill-write-check-", dir=existing))
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        return [f"output_dir={output_dir!r} cannot be written: {existing} refuses new entries ({reason}); {advice}"]
-    return []
+        return f"output_dir={output_dir!r} cannot be written: {existing} refuses new entries ({reason}); {advice}"
+    return None
 
 
 def _path_limit(directory: Path, name: str, default: int) -> int:
