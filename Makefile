@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION_DIR := /usr/share/datasets/fashion-mnist
+# pytest-xdist worker processes for `make test` (auto: one per core, each with cores/workers torch threads: the
+# subprocess, sleep and I/O waits of the end-to-end tests overlap with the compute of others); 0 runs in this process
+TEST_WORKERS ?= auto
 
 .PHONY: demo test docs venv data postgres clean
 
@@ -35,7 +38,7 @@ test: venv data postgres
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d build/docs-site
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(ARGS)
 
 # The docs site (mkdocs.yml, docs/) into site/; --strict makes a broken link or API reference an error.
 # Preview while editing: $(VENV)/bin/mkdocs serve

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,7 +11,16 @@ from kdistill.engine.loop import fit
 
 from helpers import digits_config
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+
+def torch_threads() -> int:
+    """Torch CPU threads for this test process: at most 2, and the cores shared among pytest-xdist's workers (two
+    workers on two cores get one each: with two each, the oversubscribed OpenMP threads spin against each other and
+    the suite ran over twice as long)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, torch.get_num_threads(), (os.cpu_count() or 1) // workers))
+
+
+torch.set_num_threads(torch_threads())
 
 
 @pytest.fixture(scope="session")
