@@ -21,6 +21,8 @@ def torch_threads() -> int:
 
 
 torch.set_num_threads(torch_threads())
+# the kdistill processes the tests start (CLI runs, sweep workers, torchrun ranks) inherit the same count
+os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
 
 @pytest.fixture(scope="session")
