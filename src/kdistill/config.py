@@ -173,7 +173,7 @@ class TrainConfig:
     teacher_views: int | None = None
     sync_batchnorm: bool = False  # torchrun: SyncBatchNorm in the student and method modules
     scale_lr_with_world: bool = False  # torchrun: multiply optim.lr by the world size (linear scaling rule)
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; see README)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; see docs/concepts.md)
     progress: bool = True  # progress bars
     on_nan: str = "stop"  # a NaN/inf loss: stop (last.pt keeps the last good state) | skip (drop that step's update)
     max_skipped_steps: int = 10  # on_nan=skip: stop after this many skipped steps in one run
