@@ -58,6 +58,10 @@ SMOKE = [
     "train.progress=false",
     "output_dir=runs",
 ]
+# images a step of each config's own checks (its end-to-end run and the fixed batch); the teachers' smoke runs in
+# the workspace keep SMOKE's 8. The checks are of wiring and gradients, not statistics, and the configs' deep models
+# cost their compute per image
+CHECK_BATCH = 4
 # per method, the method's own long loops cut as the train ones above: CMI runs 200 generator steps (each a teacher
 # forward and backward) at every synthesis round, minutes on a CPU per round
 SMOKE_METHOD = {"cmi": ["method.generator_steps=2"]}
@@ -117,9 +121,9 @@ def test_shipped_cifar100_config_takes_real_steps(path, cifar_workspace, monkeyp
     SimKD onto a 2-step teacher's head) with BN statistics far from its activations, so its evaluation can
     overflow: the trainer must then stop cleanly as divergence and save nothing from that state."""
     monkeypatch.chdir(cifar_workspace)
-    # 4 images a step (the teachers and the fixed batch below use the smoke runs' 8): the run checks the wiring end
-    # to end, not statistics, and the configs' deep models cost their compute per image
-    config = smoke_config(path, f"data.root={cifar_workspace / 'data'}", f"name=smoke_{path.stem}", "data.batch_size=4")
+    config = smoke_config(
+        path, f"data.root={cifar_workspace / 'data'}", f"name=smoke_{path.stem}", f"data.batch_size={CHECK_BATCH}"
+    )
     run = cifar_workspace / "runs" / f"smoke_{path.stem}"
     try:
         summary = fit(config, overwrite=True, log=lambda _: None)
@@ -142,9 +146,9 @@ def fixed_batch_losses(config: Config, lr_scale: float = 1e-3) -> tuple[float, f
     evaluation, so the parameter step is the only change."""
     torch.manual_seed(0)
     data = build_data(config.data, config.seed)
-    info = DataInfo(data.num_classes, data.input_shape, len(data.train), 8)
+    info = DataInfo(data.num_classes, data.input_shape, len(data.train), CHECK_BATCH)
     method = build_method(resolve_architectures(config), info)
-    batch = next(iter(make_loader(data.train, 8, False, config.seed)))
+    batch = next(iter(make_loader(data.train, CHECK_BATCH, False, config.seed)))
     small = replace(config, [f"optim.lr={config.optim.lr * lr_scale}"])
     optimizer = build_optimizer(method.trainable_parameters(), small.optim)
     buffers = {name: value.clone() for name, value in method.named_buffers()}
