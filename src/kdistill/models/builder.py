@@ -83,9 +83,8 @@ def option_problems(builder: ModelBuilder, kwargs: dict[str, Any], where: str) -
     for key, value in kwargs.items():
         expected = _value_problem(key, value, hints.get(key)) if key in options else None
         if expected:
-            default = parameters[key].default
-            default = list(default) if isinstance(default, tuple) else default
-            problems.append(f"{where}.kwargs.{key}={value!r}: expected {expected} (the default is {default!r})")
+            default = _shown_default(parameters[key])
+            problems.append(f"{where}.kwargs.{key}={value!r}: expected {expected} (the default is {default})")
     return problems
 
 
@@ -110,10 +109,16 @@ def _value_problem(key: str, value: Any, hint: Any) -> str | None:
     return None
 
 
+def _shown_default(parameter: inspect.Parameter) -> str:
+    """A builder option's default as a config would write it (a tuple of widths as the YAML list [512])."""
+    default = parameter.default
+    return repr(list(default) if isinstance(default, tuple) else default)
+
+
 def _takes(builder: ModelBuilder, where: str) -> str:
     """``<where>.kwargs takes: hidden (default [512]), dropout (default 0.0)``: the options and their defaults."""
     described = [
-        f"{name} (default {list(p.default) if isinstance(p.default, tuple) else p.default!r})"
+        f"{name} (default {_shown_default(p)})"
         for name, p in inspect.signature(builder).parameters.items()
         if name not in RESERVED and p.default is not inspect.Parameter.empty
     ]
