@@ -138,7 +138,7 @@ def test_shipped_cifar100_config_takes_real_steps(path, cifar_workspace, monkeyp
         assert summary["teacher_test_acc"] is not None and summary["params_deployed"] > 0
 
 
-def fixed_batch_losses(config: Config, lr_scale: float = 1e-3) -> tuple[float, float]:
+def fixed_batch_losses(config: Config, lr_scale: float) -> tuple[float, float]:
     """The method's total loss on one fixed training batch before and after one optimisation step on it, with the
     config's optimizer (its type, momentum, weight decay) at a small fraction of its learning rate: a correct
     gradient must then lower the loss (first order). The batch is augmented once (CMI's synthesis trains its
@@ -175,5 +175,13 @@ def fixed_batch_losses(config: Config, lr_scale: float = 1e-3) -> tuple[float, f
 def test_shipped_cifar100_config_learns_a_fixed_batch(path, cifar_workspace, monkeypatch):
     monkeypatch.chdir(cifar_workspace)
     config = smoke_config(path, f"data.root={cifar_workspace / 'data'}")
-    before, after = fixed_batch_losses(config)
-    assert after < before, f"{path.name}: loss {before:.6f} -> {after:.6f} after one small step on one batch"
+    # first order: a small enough step along a correct gradient lowers the loss. A step of 1e-3 x lr can overshoot
+    # where the loss is sharp or kinked (KDSVD's SVD, CMI near a zero loss, depending on the teachers' two steps), so
+    # smaller steps are tried after it; a zero or wrong-signed gradient fails at every size
+    tried = []
+    for lr_scale in (1e-3, 1e-4, 1e-5):
+        before, after = fixed_batch_losses(config, lr_scale)
+        tried.append(f"{before:.6f} -> {after:.6f} at {lr_scale:g} x lr")
+        if after < before:
+            return
+    pytest.fail(f"{path.name}: one small step on one batch does not lower the loss: {'; '.join(tried)}")

@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable
 
+from kdistill.choices import PIPELINES
 from kdistill.config import (
     Config,
     DataConfig,
@@ -68,6 +69,8 @@ def _data_problems(data: DataConfig) -> Problems:
     problems += _at_least("data.train_subset", data.train_subset, 1) + _at_least(
         "data.test_subset", data.test_subset, 1
     )
+    if data.pipeline not in PIPELINES:
+        problems.append(f"data.pipeline={data.pipeline!r}; valid: {', '.join(PIPELINES)}")
     if not data.name:
         problems.append("data.name is empty: name a dataset (see `kdistill datasets`)")
     if data.stream_seed is not None and not 0 <= data.stream_seed < MAX_SEED:

@@ -13,6 +13,8 @@ VERSION = "0.1.0"  # kdistill's version (pyproject.toml), recorded in exports; t
 
 EXPORT_FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}  # format -> file suffix
 
+PIPELINES = ("auto", "batched", "per_sample")  # data.pipeline: how in-memory datasets run their augmentation
+
 SWEEP_OBJECTIVES = ("final_val_acc", "best_val_acc")  # what ranks a sweep's points (validation accuracy, never test)
 
 

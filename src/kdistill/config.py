@@ -37,6 +37,10 @@ class DataConfig:
     name: str = "fashion_mnist"
     root: str | None = None  # where the files are; None = the dataset's default locations
     augment: str = "none"  # train transform preset (see `kdistill datasets`)
+    # how in-memory datasets (CIFAR, the MNIST family, EMNIST, digits) run it: auto = on whole batches as tensor ops
+    # (same distributions as torchvision's), batched = that or an error, per_sample = torchvision per image (slower;
+    # file-based datasets always take that path, with data.num_workers loader processes)
+    pipeline: str = "auto"
     image_size: int | None = None  # resize images to this side length (None = native size)
     val_size: int | None = (
         # samples carved from train for validation when the dataset has no val split (None = dataset default, 0 = none)

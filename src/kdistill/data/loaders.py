@@ -11,7 +11,11 @@ from kdistill.data.splits import Indexed, seeded_permutation
 from kdistill.runtime.distributed import rank_and_world
 
 
-def collate(items: list) -> Batch:
+def collate(items: list | Batch) -> Batch:
+    """Items (input, target, index) into a :class:`Batch`; a batch an in-memory split made whole
+    (:meth:`~kdistill.data.splits.Indexed.__getitems__`) passes as it is."""
+    if isinstance(items, Batch):
+        return items
     inputs, targets, indices = zip(*items)
     return Batch(
         inputs=torch.stack(inputs),
@@ -68,18 +72,22 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 def make_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False
 ) -> DataLoader:
-    """The one place loaders are made (samplers are rank-aware through kdistill.runtime.distributed)."""
+    """The one place loaders are made (samplers are rank-aware through kdistill.runtime.distributed).
+
+    A split whose images were placed on a GPU (:func:`~kdistill.data.splits.place_data`) makes its batches there, in
+    this process: no loader workers and no pinned memory."""
     rank, world = rank_and_world() if shuffle else (0, 1)
     keyed = isinstance(dataset, Indexed)  # replayable: items are keyed by (index, stream epoch)
     sampler = EpochSampler(len(dataset), seed, shuffle, rank, world, drop_last, keyed)  # type: ignore[arg-type]
+    on_device = keyed and dataset.device.type != "cpu"  # type: ignore[attr-defined]
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=0 if on_device else num_workers,
         collate_fn=collate,
         drop_last=drop_last,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=torch.cuda.is_available() and not on_device,
         persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),  # reseeded per epoch by start_epoch (worker seeds)
     )

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from kdistill.config import Config
 from kdistill.contracts import Batch, ConfigError, DataInfo, StepOutput, TrainingDivergedError, TrainingInterrupted
-from kdistill.data import Data, build_data, data_info, make_loader, start_epoch
+from kdistill.data import Data, build_data, data_info, make_loader, place_data, start_epoch
 from kdistill.engine.builders import (
     autocast,
     build_method,
@@ -303,13 +303,15 @@ def build_loaders(config: Config, data: Data) -> tuple[DataLoader, dict[str, Dat
     return train_loader, eval_loaders
 
 
-def build_data_and_method(config: Config) -> tuple[Config, Data, DataInfo, Method[Any]]:
-    """The data and the method (not yet placed) of a run of ``config``: architectures resolved from checkpoints, the
-    global RNG seeded with ``config.seed`` before anything random is built. The trainer and ``cache-teacher`` both
-    build through here, so the teacher logits one stores are the ones the other would compute."""
+def build_data_and_method(config: Config, device: torch.device) -> tuple[Config, Data, DataInfo, Method[Any]]:
+    """The data (in-memory images on ``device`` when they fit) and the method (not yet placed) of a run of ``config``:
+    architectures resolved from checkpoints, the global RNG seeded with ``config.seed`` before anything random is
+    built. The trainer and ``cache-teacher`` both build through here, so the teacher logits one stores are the ones
+    the other would compute."""
     config = resolve_architectures(config)
     seed_everything(config.seed)
     data = build_data(config.data, config.seed, config.stream_seed())
+    place_data(data, device)
     info = data_info(data, config.data.batch_size)
     return config, data, info, build_method(config, info)
 
@@ -321,7 +323,7 @@ def build_run(config: Config, resume: bool, overwrite: bool, trackers: TrackerFa
     device = init_from_environment(resolve_device(config.train.device))
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    config, data, info, method = build_data_and_method(config)
+    config, data, info, method = build_data_and_method(config, device)
     if config.train.sync_batchnorm:
         if device.type != "cuda":
             raise ConfigError(

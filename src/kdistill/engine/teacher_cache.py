@@ -85,7 +85,7 @@ def stream_entry(method: Method[Any], data: Data, config: Config, device: torch.
     data_config = config.data
     parts = {
         "teachers": teachers_digest(method.teachers),
-        "data": [data_config.name, data_config.root, data_config.augment, data_config.image_size],
+        "data": [data_config.name, data_config.root, data_config.augment, data_config.image_size, data_config.pipeline],
         "split": [
             data_config.val_size,
             data_config.train_subset,

@@ -58,7 +58,7 @@ def cache_teacher(config: Config, log: Callable[[str], None] = print) -> dict[st
     if not config.train.teacher_store:
         raise ConfigError("train.teacher_store=false: the cache is off; drop that override to fill it")
     device = resolve_device(config.train.device)
-    config, data, _, method = build_data_and_method(config)
+    config, data, _, method = build_data_and_method(config, device)
     method = place_method(method, device, config.train)
     train_loader, eval_loaders = build_loaders(config, data)
     references = compute_teacher_references(method, data, eval_loaders, device, config)
