@@ -26,7 +26,7 @@ from kdistill.config import ModelConfig
 from kdistill.contracts import CheckpointError, ConfigError
 from kdistill.models.input_adapter import InputSpec, expected_input, with_input_adapter
 from kdistill.models.loading import architecture_from_checkpoint, load_weights, records_pretrained_inputs
-from kdistill.models.registry import MODEL_SOURCES, MODELS, ModelBuilder
+from kdistill.models.registry import MODEL_SOURCES, MODELS, OPTION_CHECKS, ModelBuilder
 from kdistill.models.taps import TappedModel
 
 RESERVED = ("num_classes", "input_shape", "name", "pretrained")  # what the builder gets from the run, not kwargs
@@ -68,9 +68,12 @@ def _call_builder(builder: ModelBuilder, where: str, *args: Any, **kwargs: Any) 
 
 def option_problems(builder: ModelBuilder, kwargs: dict[str, Any], where: str) -> list[str]:
     """What is wrong with the options given to zoo ``builder`` (whose signature lists every option it takes):
-    unknown names, and values that do not fit the annotation (``bool``: true/false; ``int``: an integer >= 0;
-    ``float``: a finite number >= 0, a ``drop...`` rate below 1; ``str``; ``Sequence[int]``: integers >= 1)."""
+    unknown names, values that do not fit the annotation (``bool``: true/false; ``int``: an integer >= 0;
+    ``float``: a finite number >= 0, a ``drop...`` rate below 1; ``str``; ``Sequence[int]``: integers >= 1), and
+    values its registered ``checks`` refuse instead, for the options they cover (e.g. a CIFAR ResNet depth that is
+    not 6n+2)."""
     parameters = inspect.signature(builder).parameters
+    checks = OPTION_CHECKS.get(builder, {})
     options = [name for name in parameters if name not in RESERVED]
     unknown = [key for key in kwargs if key not in options]
     problems = []
@@ -81,7 +84,10 @@ def option_problems(builder: ModelBuilder, kwargs: dict[str, Any], where: str) -
     except Exception:  # an annotation that does not resolve: the build itself checks the values
         hints = {}
     for key, value in kwargs.items():
-        expected = _value_problem(key, value, hints.get(key)) if key in options else None
+        if key in checks:  # a registered check takes any value and says more than the annotation would
+            expected = checks[key](value)
+        else:
+            expected = _value_problem(key, value, hints.get(key)) if key in options else None
         if expected:
             default = _shown_default(parameters[key])
             problems.append(f"{where}.kwargs.{key}={value!r}: expected {expected} (the default is {default})")

@@ -13,11 +13,18 @@ resnet38 "WRN-40-2" / "WRN-40-1" (its models/resnet.py: "We use the wrn notation
 the previous work"); they are not RepDistiller's pre-activation ``wrn_40_2`` / ``wrn_40_1``. Parameter counts
 for 100 classes are recorded in tests/test_zoo.py.
 
+``resnet_cifar`` is the family with its knobs (``depth``: any 6n+2; ``widths``: the filter list), for searches
+over students; every name above is one of its points (resnet8x4 = ``depth=8, widths=[32, 64, 128, 256]``), with the
+same parameter count.
+
 Differences from the reference: the stem takes ``input_shape[0]`` channels and pooling is adaptive
 (the reference's ``AvgPool2d(8)`` is global only for 32x32 inputs); neither changes the count at 32x32x3.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +36,23 @@ from kdistill.models.taps import Features, PoolLinearHead, TappedModel
 
 RESNET_SOURCE = "HobbitLong/RepDistiller models/resnet.py"
 SIMKD_RESNET_SOURCE = "DefangChen/SimKD models/resnet.py"
+MAX_DEPTH = 1202  # He et al. 2016's deepest CIFAR ResNet (n = 200): a deeper one is a typo, not a student
+
+
+def depth_problem(depth: Any) -> str | None:
+    """What a CIFAR ResNet depth should have been (None when it fits): 6n+2 with 1 <= n <= 200."""
+    fits = isinstance(depth, int) and not isinstance(depth, bool) and 8 <= depth <= MAX_DEPTH and (depth - 2) % 6 == 0
+    return None if fits else f"a depth 6n+2 with n >= 1 (8, 14, 20, 26, 32, ..., at most {MAX_DEPTH})"
+
+
+def widths_problem(widths: Any) -> str | None:
+    """What a CIFAR ResNet filter list should have been (None when it fits): four integers >= 1."""
+    fits = (
+        isinstance(widths, (list, tuple))
+        and len(widths) == 4
+        and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
+    )
+    return None if fits else "4 filter counts >= 1, [stem, stage1, stage2, stage3], e.g. [16, 16, 32, 64] (resnet20)"
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -74,8 +98,9 @@ class CifarResNet(TappedModel):
 
     def __init__(self, depth: int, num_filters: list[int], num_classes: int, input_shape: tuple[int, int, int]) -> None:
         super().__init__()
-        if (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, ...), got {depth}")
+        for problem, value in ((depth_problem(depth), depth), (widths_problem(num_filters), num_filters)):
+            if problem:
+                raise ValueError(f"CIFAR ResNet: expected {problem}, got {value!r}")
         n = (depth - 2) // 6
         self.inplanes = num_filters[0]
         self.conv1 = nn.Conv2d(input_shape[0], num_filters[0], kernel_size=3, padding=1, bias=False)
@@ -164,3 +189,22 @@ def _register(name: str, depth: int, num_filters: list[int], source: str) -> Non
 
 for _name, (_depth, _filters, _source) in CIFAR_RESNETS.items():
     _register(_name, _depth, _filters, _source)
+
+
+@register_model(
+    "resnet_cifar",
+    family="cifar_resnet",
+    source=f"{RESNET_SOURCE} with any depth 6n+2 and widths; default resnet20: "
+    f"{REFERENCE_PARAMETERS['resnet20']:,} parameters (100 classes)",
+    checks={"depth": depth_problem, "widths": widths_problem},
+)
+def resnet_cifar(
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    depth: int = 20,
+    widths: Sequence[int] = (16, 16, 32, 64),
+) -> CifarResNet:
+    """A CIFAR ResNet of any ``depth`` 6n+2 (n BasicBlocks per stage, 8 <= depth <= 1202) and filter list ``widths``
+    = [stem, stage1, stage2, stage3] (CIFAR_RESNETS' num_filters). The defaults give resnet20; each name in
+    CIFAR_RESNETS is one point, with its exact count (resnet8x4 = ``depth=8, widths=[32, 64, 128, 256]``)."""
+    return CifarResNet(depth, list(widths), num_classes, input_shape)

@@ -8,6 +8,10 @@ Constrained Optimization"), also DefangChen/SimKD models/mobilenetv2.py. Note th
 - ``mobilenetv2_x2`` is SimKD's ``mobile_half_double`` = ``mobilenetv2_T_w(T=6, W=1.0)`` -- SimKD's
   "MobileNetV2x2" (twice the benchmark width, i.e. the standard width).
 
+``mobilenetv2`` takes the reference's two knobs, ``width_mult`` (W, default 0.5: every layer has int(c * W) of the
+standard c channels, the 1280-channel head conv only grows above 1.0) and ``expand_ratio`` (T, default 6), so
+``mobilenetv2`` with ``width_mult=1.0`` is ``mobilenetv2_x2``, parameter for parameter.
+
 The stem is a stride-2 3x3 conv, then seven groups of inverted residuals, a 1x1 conv to 1280 channels
 (BN + ReLU), global average pooling and a linear classifier. Module names are the reference's.
 
@@ -20,7 +24,8 @@ average pooling -> linear, and ``embedding`` is the pooled 1280-d vector (the re
 
 from __future__ import annotations
 
-from typing import cast
+import math
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +40,20 @@ MOBILENET_X2_SOURCE = "DefangChen/SimKD models/mobilenetv2.py (mobile_half_doubl
 
 # Parameter counts at 100 classes, 32x32x3, computed from the reference code's layer definitions.
 REFERENCE_PARAMETERS = {"mobilenetv2": 812_836, "mobilenetv2_x2": 2_353_060}
+NARROWEST = 16  # the fewest channels a layer has at width 1.0 (the first group): int(16 * W) must be >= 1
+
+
+def width_mult_problem(width_mult: Any) -> str | None:
+    """What a width multiplier should have been (None when it fits): a finite number giving every layer a channel."""
+    number = isinstance(width_mult, (int, float)) and not isinstance(width_mult, bool) and math.isfinite(width_mult)
+    fits = number and int(NARROWEST * width_mult) >= 1
+    return None if fits else f"a finite number >= {1 / NARROWEST} (the narrowest layer gets int({NARROWEST} * W))"
+
+
+def expand_ratio_problem(expand_ratio: Any) -> str | None:
+    """What an expansion ratio should have been (None when it fits): an integer >= 1."""
+    fits = isinstance(expand_ratio, int) and not isinstance(expand_ratio, bool) and expand_ratio >= 1
+    return None if fits else "an integer >= 1 (each inverted residual expands its input this many times)"
 
 
 def conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
@@ -88,6 +107,10 @@ class MobileNetV2(TappedModel):
         self, num_classes: int, input_shape: tuple[int, int, int], expand_ratio: int = 6, width_mult: float = 0.5
     ) -> None:
         super().__init__()
+        checked = ((width_mult_problem(width_mult), width_mult), (expand_ratio_problem(expand_ratio), expand_ratio))
+        for problem, value in checked:
+            if problem:
+                raise ValueError(f"MobileNetV2: expected {problem}, got {value!r}")
         t = expand_ratio
         setting = [  # expansion, channels, repeats, stride
             [1, 16, 1, 1],
@@ -133,10 +156,14 @@ class MobileNetV2(TappedModel):
     "mobilenetv2",
     family="mobilenetv2",
     source=f"{MOBILENET_SOURCE}: {REFERENCE_PARAMETERS['mobilenetv2']:,} parameters (100 classes)",
+    checks={"width_mult": width_mult_problem, "expand_ratio": expand_ratio_problem},
 )
-def mobilenetv2(num_classes: int, input_shape: tuple[int, int, int]) -> MobileNetV2:
-    """The benchmarks' "MobileNetV2": expansion 6, width 0.5."""
-    return MobileNetV2(num_classes, input_shape, expand_ratio=6, width_mult=0.5)
+def mobilenetv2(
+    num_classes: int, input_shape: tuple[int, int, int], width_mult: float = 0.5, expand_ratio: int = 6
+) -> MobileNetV2:
+    """The benchmarks' "MobileNetV2" (the reference's ``mobilenetv2_T_w(T=6, W=0.5)``) by default; ``width_mult``
+    (W >= 1/16) and ``expand_ratio`` (T >= 1) are the reference's knobs (W=1.0 gives ``mobilenetv2_x2``)."""
+    return MobileNetV2(num_classes, input_shape, expand_ratio=expand_ratio, width_mult=width_mult)
 
 
 @register_model(

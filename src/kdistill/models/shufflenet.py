@@ -6,6 +6,10 @@ Layers follow HobbitLong/RepDistiller models/ShuffleNetv1.py (``ShuffleV1``: gro
 352, 704, 1024). The CIFAR variants use a 1x1 stem with 24 channels and no max-pool; each stage
 starts with a stride-2 block. Module names are the reference's.
 
+``shufflenetv2`` takes the reference's width knob, ``net_size``: one of the sizes its ``configs`` define (0.2, 0.3,
+0.5, 1, 1.5, 2; default 1, ShuffleV2), each a fixed channel list rather than a multiplier, so other sizes are refused.
+``net_size=1.5`` is ``shufflenetv2_x1_5``, parameter for parameter.
+
 Taps (the reference's f1..f3 of ``forward(is_feat=True)``; its f0 is the stem, f4 the pooled vector):
 stages = outputs of layer1, layer2, layer3 for both. ShuffleNetV1's layer3 output is the map its linear
 classifier pools. ShuffleNetV2's ``stages[-1]`` is the layer3 map (e.g. 464 channels for ShuffleV2: the
@@ -15,6 +19,8 @@ and ``embedding`` is the pooled 1024-d vector (the reference's f4).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -162,15 +168,30 @@ class ShuffleV2DownBlock(nn.Module):
         return channel_shuffle(torch.cat([left, right], 1), 2)
 
 
+# net size -> channels (layer1, layer2, layer3, head conv) and basic blocks a stage: RepDistiller's ``configs``, as
+# they are (0.2 has fewer blocks, 0.3 the same channels as 0.2, and 2 has 224 where torchvision's x2.0 has 244).
 SHUFFLEV2_CONFIGS = {
+    0.2: {"out_channels": (40, 80, 160, 512), "num_blocks": (3, 3, 3)},
+    0.3: {"out_channels": (40, 80, 160, 512), "num_blocks": (3, 7, 3)},
+    0.5: {"out_channels": (48, 96, 192, 1024), "num_blocks": (3, 7, 3)},
     1.0: {"out_channels": (116, 232, 464, 1024), "num_blocks": (3, 7, 3)},
     1.5: {"out_channels": (176, 352, 704, 1024), "num_blocks": (3, 7, 3)},
+    2.0: {"out_channels": (224, 488, 976, 2048), "num_blocks": (3, 7, 3)},
 }
+
+
+def net_size_problem(net_size: Any) -> str | None:
+    """What a ShuffleNetV2 net size should have been (None when it fits): one the reference defines."""
+    fits = isinstance(net_size, (int, float)) and not isinstance(net_size, bool) and net_size in SHUFFLEV2_CONFIGS
+    return None if fits else f"one of the reference's net sizes {', '.join(map(str, SHUFFLEV2_CONFIGS))}"
 
 
 class ShuffleNetV2(TappedModel):
     def __init__(self, num_classes: int, input_shape: tuple[int, int, int], net_size: float = 1.0) -> None:
         super().__init__()
+        problem = net_size_problem(net_size)
+        if problem:
+            raise ValueError(f"ShuffleNetV2: expected {problem}, got {net_size!r}")
         out_channels = SHUFFLEV2_CONFIGS[net_size]["out_channels"]
         num_blocks = SHUFFLEV2_CONFIGS[net_size]["num_blocks"]
         self.conv1 = nn.Conv2d(input_shape[0], 24, kernel_size=1, bias=False)
@@ -216,9 +237,12 @@ def shufflenetv1(num_classes: int, input_shape: tuple[int, int, int]) -> Shuffle
     "shufflenetv2",
     family="shufflenet",
     source=f"{V2_SOURCE}: {REFERENCE_PARAMETERS['shufflenetv2']:,} parameters (100 classes)",
+    checks={"net_size": net_size_problem},
 )
-def shufflenetv2(num_classes: int, input_shape: tuple[int, int, int]) -> ShuffleNetV2:
-    return ShuffleNetV2(num_classes, input_shape, net_size=1.0)
+def shufflenetv2(num_classes: int, input_shape: tuple[int, int, int], net_size: float = 1.0) -> ShuffleNetV2:
+    """The reference's ShuffleV2 (``net_size`` 1) by default; ``net_size`` is one of the reference's sizes 0.2, 0.3,
+    0.5, 1, 1.5, 2 (1.5 gives ``shufflenetv2_x1_5``)."""
+    return ShuffleNetV2(num_classes, input_shape, net_size=net_size)
 
 
 @register_model(

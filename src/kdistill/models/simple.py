@@ -135,6 +135,11 @@ class SmallCNN(TappedModel):
 def mlp(
     num_classes: int, input_shape: tuple[int, int, int], hidden: Sequence[int] = (512,), dropout: float = 0.0
 ) -> MLP:
+    """Flatten -> one Linear + ReLU (+ dropout) per entry of ``hidden`` -> Linear to the classes.
+
+    ``hidden`` takes any number of layers (a search uses 1 to 3; ``[]`` is a linear classifier) of any widths >= 1,
+    e.g. ``[512]`` (seed 002's student) or ``[256, 128, 64]``; ``dropout`` in [0, 1) follows each hidden layer.
+    """
     return MLP(num_classes, input_shape, list(hidden), dropout)
 
 
@@ -149,4 +154,10 @@ def cnn(
     head: str = "flatten",
     dropout: float = 0.0,
 ) -> SmallCNN:
+    """One conv 3x3 (+ BN) + ReLU + 2x2 max-pool stage per entry of ``channels``, then the ``head``.
+
+    ``channels`` takes any widths >= 1 and as many stages as the input allows: each stage maps a side s to
+    (s + 2 * padding - 2) // 2, which must stay >= 1 (with ``padding=0``, 28x28 and 32x32 inputs take 1 to 3 stages;
+    more is refused when the model is built). ``hidden``: the dense layer of the ``flatten`` head (0: none).
+    """
     return SmallCNN(num_classes, input_shape, list(channels), hidden, padding, batch_norm, head, dropout)

@@ -1,4 +1,5 @@
-"""Wide ResNets of the distillation benchmarks: wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2.
+"""Wide ResNets of the distillation benchmarks: wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2, and ``wrn``, the family
+with its knobs (``depth``: any 6n+4; ``widen_factor``: k >= 1), of which each name is one point (same count).
 
 Layers follow HobbitLong/RepDistiller models/wrn.py (also used by SimKD and mdistiller): a 3x3 stem
 with 16 channels, three groups of pre-activation blocks (depth = 6n + 4) with 16k, 32k, 64k channels
@@ -13,6 +14,8 @@ pooling -> fc, so it maps ``stages[-1]`` (the raw block3 output) to the logits.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +26,15 @@ from kdistill.models.registry import register_model
 from kdistill.models.taps import Features, TappedModel
 
 WRN_SOURCE = "HobbitLong/RepDistiller models/wrn.py"
+MAX_DEPTH = 1000  # n = 166 blocks a group: a guard against typos, far deeper than any benchmark WRN
+
+# name -> (depth, widen_factor)
+WIDE_RESNETS: dict[str, tuple[int, int]] = {
+    "wrn_16_1": (16, 1),
+    "wrn_16_2": (16, 2),
+    "wrn_40_1": (40, 1),
+    "wrn_40_2": (40, 2),
+}
 
 # Parameter counts at 100 classes, 32x32x3, computed from the reference code's layer definitions.
 REFERENCE_PARAMETERS = {
@@ -31,6 +43,18 @@ REFERENCE_PARAMETERS = {
     "wrn_40_1": 569_780,
     "wrn_40_2": 2_255_156,
 }
+
+
+def depth_problem(depth: Any) -> str | None:
+    """What a WRN depth should have been (None when it fits): 6n+4 with 1 <= n <= 166."""
+    fits = isinstance(depth, int) and not isinstance(depth, bool) and 10 <= depth <= MAX_DEPTH and (depth - 4) % 6 == 0
+    return None if fits else f"a depth 6n+4 with n >= 1 (10, 16, 22, 28, 40, ..., at most {MAX_DEPTH})"
+
+
+def widen_factor_problem(widen_factor: Any) -> str | None:
+    """What a WRN widen factor should have been (None when it fits): an integer k >= 1 (groups of 16k, 32k, 64k)."""
+    fits = isinstance(widen_factor, int) and not isinstance(widen_factor, bool) and widen_factor >= 1
+    return None if fits else "an integer >= 1 (the groups have 16k, 32k, 64k channels)"
 
 
 class WideBasicBlock(nn.Module):
@@ -80,8 +104,9 @@ class WideResNet(TappedModel):
         self, depth: int, widen_factor: int, num_classes: int, input_shape: tuple[int, int, int], drop_rate: float = 0.0
     ) -> None:
         super().__init__()
-        if (depth - 4) % 6 != 0:
-            raise ValueError(f"WRN depth must be 6n+4 (16, 22, 28, 40, ...), got {depth}")
+        for problem, value in ((depth_problem(depth), depth), (widen_factor_problem(widen_factor), widen_factor)):
+            if problem:
+                raise ValueError(f"WRN: expected {problem}, got {value!r}")
         channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         n = (depth - 4) // 6
         self.conv1 = nn.Conv2d(input_shape[0], channels[0], kernel_size=3, stride=1, padding=1, bias=False)
@@ -117,5 +142,25 @@ def _register(name: str, depth: int, widen_factor: int) -> None:
     )
 
 
-for _name, _depth, _k in (("wrn_16_1", 16, 1), ("wrn_16_2", 16, 2), ("wrn_40_1", 40, 1), ("wrn_40_2", 40, 2)):
+for _name, (_depth, _k) in WIDE_RESNETS.items():
     _register(_name, _depth, _k)
+
+
+@register_model(
+    "wrn",
+    family="wrn",
+    source=f"{WRN_SOURCE} with any depth 6n+4 and widen factor; default wrn_16_2: "
+    f"{REFERENCE_PARAMETERS['wrn_16_2']:,} parameters (100 classes)",
+    checks={"depth": depth_problem, "widen_factor": widen_factor_problem},
+)
+def wrn(
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    depth: int = 16,
+    widen_factor: int = 2,
+    drop_rate: float = 0.0,
+) -> WideResNet:
+    """WRN-``depth``-``widen_factor``: any depth 6n+4 (n blocks a group, 10 <= depth <= 1000), widen factor k >= 1
+    (groups of 16k, 32k, 64k channels) and dropout ``drop_rate`` inside the blocks. The defaults give wrn_16_2; each
+    wrn_<d>_<k> name is one point, with its exact count (wrn_40_2 = ``depth=40, widen_factor=2``)."""
+    return WideResNet(depth, widen_factor, num_classes, input_shape, drop_rate)
