@@ -227,9 +227,9 @@ def _onnx_modules() -> tuple[Any, Any]:
     return onnxscript, onnxruntime
 
 
-def _write_onnx(
-    module: nn.Module, example: Tensor, target: Path, metadata: dict, config: Config, info: DataInfo
-) -> None:
+def onnx_program(module: nn.Module, example: Tensor) -> Any:
+    """``module``'s ``torch.onnx.ONNXProgram`` from the ``torch.export``-based exporter (``dynamo=True``): input
+    ``input`` (batch, C, H, W) with a dynamic batch axis, output ``logits``; ``example`` (B, C, H, W) with B >= 2."""
     _onnx_modules()
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(
@@ -243,6 +243,13 @@ def _write_onnx(
     )
     if program is None:  # only without dynamo=True
         raise RuntimeError("torch.onnx.export returned no program")
+    return program
+
+
+def _write_onnx(
+    module: nn.Module, example: Tensor, target: Path, metadata: dict, config: Config, info: DataInfo
+) -> None:
+    program = onnx_program(module, example)
     program.model.metadata_props["kdistill"] = json.dumps({**metadata, "format": "onnx"})
     _atomic_write(target, lambda path: program.save(str(path)))  # weights over 2 GB go to <name>.data
 

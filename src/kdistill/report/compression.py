@@ -25,8 +25,6 @@ import csv
 import json
 import math
 import os
-import statistics
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ from kdistill.engine.export import load_student
 from kdistill.models import build_model, count_parameters
 from kdistill.models.loading import resolve_checkpoint_path
 from kdistill.report.tables import markdown_table
+from kdistill.runtime.timing import median_seconds
 from kdistill.track import read_summary
 
 THROUGHPUT_BATCH = 64
@@ -98,17 +97,8 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
 
 def median_call_seconds(model: nn.Module, inputs: torch.Tensor, repeats: int, warmup: int) -> float:
     """Median wall time of ``model(inputs)`` over ``repeats`` calls after ``warmup`` untimed ones."""
-    if repeats < 1:
-        raise ConfigError(f"repeats must be at least 1, got {repeats}")
-    times = []
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(inputs)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(inputs)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return median_seconds(lambda: model(inputs), repeats, warmup)
 
 
 def measure_speed(model: nn.Module, input_shape: Sequence[int], settings: SpeedSettings) -> dict[str, float]:
