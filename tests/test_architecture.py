@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("kdistill.engine",),
     ("kdistill.track",),
     ("kdistill.report", "kdistill.deploy"),
+    ("kdistill.compress",),
     ("kdistill.api",),
     ("kdistill.sweep",),
     ("kdistill.tune",),

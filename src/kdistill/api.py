@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.choices import FewLabels
+from kdistill.compress.budget import parse_budget
+from kdistill.compress.run import compress as run_compress
+from kdistill.compress.search import CompressSpec
+from kdistill.compress.space import default_space_path, load_space
 from kdistill.config import Config, load_config, replace
 from kdistill.contracts import ConfigError
 from kdistill.data import build_data, data_info, make_loader
@@ -21,6 +25,7 @@ from kdistill.engine.builders import build_method, load_method_state, method_cla
 from kdistill.engine.evaluation import evaluate
 from kdistill.engine.export import load_student, student_from_payload
 from kdistill.engine.teacher_fill import cache_teacher
+from kdistill.methods import METHODS
 from kdistill.models.loading import STUDENT_KIND, read_checkpoint, resolve_checkpoint_path
 from kdistill.report.batches import show_batch
 from kdistill.report.experiments import runs_table, write_report
@@ -31,6 +36,7 @@ from kdistill.track import build_sinks
 __all__ = [
     "FewLabels",
     "cache_teacher",
+    "compress",
     "fit",
     "train",
     "distill",
@@ -79,6 +85,41 @@ def distill(
             "(e.g. kd); `train` fits on labels"
         )
     return fit(config, resume=resume, overwrite=overwrite, log=log)
+
+
+def compress(
+    config: str | Config | None,
+    budget: list[str],
+    overrides: list[str] | None = None,
+    space: str | None = None,
+    runtime: str = "onnxruntime",
+    time_limit_s: float | None = None,
+    max_candidates: int | None = None,
+    trials: int = 3,
+    int8: bool = False,
+    out: str | Path | None = None,
+    storage: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The best student of ``config``'s teacher within ``budget`` (``["params=0.1x", "latency=0.2x"]``): screened,
+    searched, distilled, exported and re-measured (:mod:`kdistill.compress.search`); returns the summary.
+
+    ``config``'s data, teacher and schedule (``train.epochs``: the final training's) are used; ``space`` defaults
+    to the shipped one for the input size. The budget and the space are checked before anything is built.
+    """
+    limits = parse_budget(budget)  # a malformed budget is refused before the config is read
+    base = config if isinstance(config, Config) else load_config(config, overrides or [])
+    if isinstance(config, Config) and overrides:
+        base = replace(base, overrides)
+    if space is None:
+        space = str(default_space_path(build_data(base.data, base.seed).input_shape))
+    searched = load_space(space, METHODS.names())
+    directory = Path(out) if out else Path(base.output_dir) / "compress" / base.name
+    spec = CompressSpec(
+        base, limits, searched, directory, runtime=runtime, time_limit_s=time_limit_s,
+        max_candidates=max_candidates, trials=trials, int8=int8, storage=storage,
+    )  # fmt: skip
+    return run_compress(spec, log)
 
 
 def run_trials(

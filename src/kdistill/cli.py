@@ -1,5 +1,5 @@
-"""Command line: ``kdistill train | distill | cache-teacher | sweep | tune | eval | export | demo | report |
-show-batch | compare | models | datasets | methods``.
+"""Command line: ``kdistill train | distill | cache-teacher | compress | sweep | tune | eval | export | demo |
+report | show-batch | compare | models | datasets | methods``.
 
 Building the parser needs nothing heavy (its choices and defaults come from :mod:`kdistill.choices`), so
 ``kdistill --help`` answers without importing torch; each command's handler imports what it runs when it runs
@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _add_run_command,
         _add_cache_command,
+        _add_compress_command,
         _add_sweep_command,
         _add_tune_command,
         _add_eval_command,
@@ -451,6 +452,87 @@ def _sweep(args: argparse.Namespace) -> int:
         storage=args.storage, workers=args.workers, stale_minutes=args.stale_minutes,
     )  # fmt: skip
     return run_sweep(spec).exit_code
+
+
+def parse_duration(text: str) -> float:
+    """argparse type: ``90s``, ``30m``, ``1.5h`` or plain seconds -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([smh]?)", text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive duration like 90s, 30m or 1.5h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def _add_compress_command(commands: Subcommands) -> None:
+    """compress"""
+    compress = commands.add_parser(
+        "compress",
+        help="given a teacher and a deployment budget, search, distil, export and re-measure the best student",
+        description="Measure the teacher on the runtime; build and measure every architecture of the search space "
+        "untrained (those over the budget are never trained); search candidates (architecture, method, settings, "
+        "lr) with Optuna (validation accuracy up, the budget's primary quantity down) and successive halving "
+        "(short runs first, the top 1/eta promoted), the teacher paid once through its cache; train the best "
+        "candidate within the budget on the config's full schedule with --trials seeds, export it to ONNX (and "
+        "int8 with --int8) and re-measure the budget on the exported file. Writes compress.md/.csv (every "
+        "candidate and why it stopped), compress.png (accuracy against the budget, Pareto front) and summary.json "
+        "into --out. Selection reads validation only; the test set is read once, for the final report. Run the "
+        "same command again to continue a killed search.",
+    )
+    _add_config_argument(compress)
+    compress.add_argument(
+        "--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
+    compress.add_argument(
+        "--budget",
+        "-b",
+        action="append",
+        default=[],
+        metavar="QUANTITY=VALUE",
+        help="a limit: params, flops, size (bytes of the artefact), latency (batch 1, ms) at most, throughput "
+        "(images/s at a batch, @64 default) at least; absolute (params=100k, latency=0.5ms, size=2MB, "
+        "throughput=5000@64) or relative to the teacher (params=0.1x, latency=0.2x: measured against it in this "
+        "process). Repeatable, or several separated by commas",
+    )
+    compress.add_argument(
+        "--space", help="search space YAML (default: configs/compress/space_small.yaml up to 28x28 inputs, "
+        "space_cifar.yaml above)"
+    )  # fmt: skip
+    compress.add_argument(
+        "--runtime",
+        default="onnxruntime",
+        choices=("onnxruntime", "torch", "cuda"),
+        help="where latency and throughput are measured: ONNX Runtime CPU (default), PyTorch eager CPU, or CUDA",
+    )
+    compress.add_argument(
+        "--time", type=parse_duration, metavar="DURATION", help="search time (30m, 2h): no candidate starts after it"
+    )
+    compress.add_argument("--max-candidates", type=positive_int, help="stop sampling new candidates after N")
+    compress.add_argument("--trials", type=positive_int, default=3, help="seeds of the final training (default 3)")
+    compress.add_argument(
+        "--int8", action="store_true", help="also export int8 (ONNX Runtime static quantisation) and measure it"
+    )
+    compress.add_argument("--out", help="output directory (default <output_dir>/compress/<name>)")
+    compress.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage, e.g. postgresql://user@host/db (default SQLite <out>/study.db)",
+    )
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from kdistill.api import compress
+
+    summary = compress(
+        _config_path(args), args.budget, overrides=args.overrides, space=args.space, runtime=args.runtime,
+        time_limit_s=args.time, max_candidates=args.max_candidates, trials=args.trials, int8=args.int8,
+        out=args.out, storage=args.storage,
+    )  # fmt: skip
+    final = summary["final"]
+    print(
+        f"best student: {final['architecture']} {final['settings']}\n"
+        f"test acc {final['test_acc_mean']:.2f} ± {final['test_acc_std']:.2f}% ({len(final['test_acc'])} seeds); "
+        + ("within the budget on its ONNX file" if final["meets_budget"] else "MISSES the budget on its ONNX file")
+    )
+    return 0 if final["meets_budget"] else 1
 
 
 def _add_compare_command(commands: Subcommands) -> None:
@@ -634,6 +716,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _run,
     "distill": _run,
     "cache-teacher": _cache_teacher,
+    "compress": _compress,
     "sweep": _sweep,
     "tune": _tune,
     "eval": _evaluate,
@@ -657,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["kdistill", *(argv if argv is not None else sys.argv[1:])])
         resume = command if "--resume" in command else f"{command} --resume"
         hint = f"\nresume with: {resume}" if args.command in ("train", "distill") else ""
-        if args.command in ("sweep", "tune"):
+        if args.command in ("sweep", "tune", "compress"):
             hint = f"\ncontinue with the same command: {command}"
         print(f"kdistill {args.command}: {stopped}{hint}", file=sys.stderr)
         return 128 + stopped.signal_number

@@ -24,6 +24,7 @@ from kdistill.engine.builders import preflight
 from kdistill.report.experiments import Report, write_report
 from kdistill.report.tables import markdown_table, mean_std
 from kdistill.runtime.io import atomic_write_text
+from kdistill.runtime.storage import redacted
 from kdistill.sweep.queue import enqueue_missing, not_counted, recover_abandoned
 from kdistill.sweep.space import check_space, config_value, grid_points, point_name, point_overrides
 from kdistill.sweep.study import (
@@ -34,7 +35,6 @@ from kdistill.sweep.study import (
     VALUES_ATTR,
     SweepSpec,
     load_study,
-    redacted,
 )
 from kdistill.sweep.worker import Log, run_workers, work
 from kdistill.track import default_tracking_uri, finish_parent_run, read_summary, start_parent_run

@@ -1,0 +1,43 @@
+"""The Optuna study database of a sweep or a compress search: SQLite in the output directory, or any database URL
+(PostgreSQL for several machines), connected at once so a wrong URL or a missing driver fails before any trial."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from kdistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study database, connected now: an unreachable server or a missing driver fails before any trial."""
+    import optuna
+
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        options["connect_args"] = {"timeout": 120}  # writers wait for each other instead of failing
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=options)
+    except ModuleNotFoundError as error:
+        hint = (
+            "pip install 'kdistill[postgres]'" if url.startswith("postgres") else f"install the driver ({error.name})"
+        )
+        raise ConfigError(f"--storage {redacted(url)}: the database driver is missing: {hint}") from None
+    except Exception as error:  # SQLAlchemy's connection errors, a bad URL
+        raise ConfigError(
+            f"--storage {redacted(url)} cannot be used: {str(error).splitlines()[0]}. Check that the server runs "
+            "and the URL (dialect://user:password@host:port/database) is right; without --storage the study lives "
+            "in SQLite in the sweep or compress directory"
+        ) from None
