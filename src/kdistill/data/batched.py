@@ -90,14 +90,18 @@ class BatchTransform:
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.size = size
-        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self.mean = torch.tensor([float(m) for m in mean]).view(-1, 1, 1)
+        self.std = torch.tensor([float(s) for s in std]).view(-1, 1, 1)
 
     def __call__(self, images: Tensor, uniforms: Tensor) -> Tensor:
         raise NotImplementedError
 
     def finish(self, images: Tensor) -> Tensor:
-        """uint8 -> float in [0, 1] -> normalised, with torchvision's own kernels (``ToDtype`` + ``Normalize``)."""
-        return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), self.mean, self.std)
+        """uint8 -> float in [0, 1] -> normalised: the float32 operations of torchvision's ``ToDtype(scale=True)`` and
+        ``Normalize`` in their order (so the same bits), without their per-call dispatch."""
+        if self.mean.device != images.device:
+            self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
+        return images.to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)
 
 
 def _flip_columns(columns: Tensor, flip: Tensor) -> Tensor:
