@@ -137,6 +137,22 @@ def _finished_runs(study: optuna.Study) -> list[tuple[str, int]]:
     return [(t.user_attrs[CANDIDATE], t.user_attrs[RUNG]) for t in done]
 
 
+def test_two_search_workers_share_one_study_and_run_each_candidate_rung_once(tmp_path, digits_teacher):
+    out = tmp_path / "out"
+    summary = compress(
+        None, ["params=0.1x"], overrides=base(tmp_path, digits_teacher), space=space_file(tmp_path),
+        max_candidates=4, trials=1, out=out, workers=2, log=lambda _: None,
+    )  # fmt: skip
+    spec = CompressSpec(load_config(overrides=base(tmp_path, digits_teacher)), parse_budget(["params=0.1x"]),
+                        parse_space({"families": {"mlp": {"layers": [1], "width": [8]}}}), out)  # fmt: skip
+    study = load_study(spec)
+    finished = _finished_runs(study)
+    assert len(finished) == len(set(finished)) and len({name for name, _ in finished}) >= 4
+    owners = {tuple(t.user_attrs["compress.owner"]) for t in study.trials if "compress.owner" in t.user_attrs}
+    assert len({pid for _, pid in owners}) == 2  # both workers ran trials
+    assert summary["final"]["meets_budget"]
+
+
 def test_a_killed_search_continues_without_repeating_a_finished_run(tmp_path, digits_teacher):
     out = tmp_path / "out"
     command = [

@@ -99,6 +99,7 @@ def compress(
     int8: bool = False,
     out: str | Path | None = None,
     storage: str | None = None,
+    workers: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The best student of ``config``'s teacher within ``budget`` (``["params=0.1x", "latency=0.2x"]``): screened,
@@ -117,7 +118,7 @@ def compress(
     directory = Path(out) if out else Path(base.output_dir) / "compress" / base.name
     spec = CompressSpec(
         base, limits, searched, directory, runtime=runtime, time_limit_s=time_limit_s,
-        max_candidates=max_candidates, trials=trials, int8=int8, storage=storage,
+        max_candidates=max_candidates, trials=trials, int8=int8, storage=storage, workers=workers,
     )  # fmt: skip
     return run_compress(spec, log)
 

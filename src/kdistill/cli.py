@@ -510,6 +510,10 @@ def _add_compress_command(commands: Subcommands) -> None:
     compress.add_argument(
         "--int8", action="store_true", help="also export int8 (ONNX Runtime static quantisation) and measure it"
     )
+    compress.add_argument(
+        "--workers", type=positive_int, default=1, help="search processes on this machine (default 1), each with "
+        "its share of the cores; machines sharing one --storage and --out name search one study"
+    )  # fmt: skip
     compress.add_argument("--out", help="output directory (default <output_dir>/compress/<name>)")
     compress.add_argument(
         "--storage",
@@ -524,7 +528,7 @@ def _compress(args: argparse.Namespace) -> int:
     summary = compress(
         _config_path(args), args.budget, overrides=args.overrides, space=args.space, runtime=args.runtime,
         time_limit_s=args.time, max_candidates=args.max_candidates, trials=args.trials, int8=args.int8,
-        out=args.out, storage=args.storage,
+        out=args.out, storage=args.storage, workers=args.workers,
     )  # fmt: skip
     final = summary["final"]
     print(

@@ -59,10 +59,11 @@ def plot(
     candidates: list[Candidate],
     primary: Any,
     budget: Budget,
-    teacher_val: float | None,
+    teacher: tuple[float, float | None],
     final: dict[str, Any] | None,
 ) -> None:
-    """Validation accuracy (each candidate at its furthest rung) against the primary quantity."""
+    """Validation accuracy (each candidate at its furthest rung, the marker growing with its epochs) against the
+    primary quantity; ``teacher`` is its (primary quantity, validation accuracy)."""
     limit = budget.primary
     figure = Figure(figsize=(7.5, 5))
     FigureCanvasAgg(figure)
@@ -71,17 +72,17 @@ def plot(
     for within, colour, label in ((True, "tab:blue", "within budget"), (False, "tab:gray", "over budget")):
         chosen = [c for c in trained if (not c.misses) == within]
         if chosen:
-            axes.scatter([primary(c) for c in chosen], [c.val_acc or 0.0 for c in chosen], s=18, c=colour, label=label)
+            x, y = [primary(c) for c in chosen], [c.val_acc or 0.0 for c in chosen]
+            axes.scatter(x, y, s=[8 + 2 * c.epochs for c in chosen], c=colour, label=label)
     front = sorted((c for c in trained if c.front), key=primary)
     if front:
         axes.plot([primary(c) for c in front], [c.val_acc or 0.0 for c in front], "-o", c="tab:orange", ms=6,
                   label="Pareto front")  # fmt: skip
     unit = "x the teacher's" if limit.relative else {"latency": "ms", "size": "bytes"}.get(limit.quantity, "")
-    teacher_x = 1.0 if limit.relative else None
-    if teacher_val is not None and teacher_x is not None:
+    teacher_x, teacher_val = teacher
+    if teacher_val is not None:
         axes.scatter([teacher_x], [teacher_val], marker="*", s=160, c="tab:red", label=f"teacher ({teacher_val:.2f}%)")
-    bound = limit.value if limit.relative else limit.value
-    axes.axvline(bound, color="tab:red", ls="--", lw=1, label=f"budget: {limit.describe()}")
+    axes.axvline(limit.value, color="tab:red", ls="--", lw=1, label=f"budget: {limit.describe()}")
     if final is not None and final.get("test_acc_mean") is not None:
         axes.set_title(
             f"final student: test {final['test_acc_mean']:.2f} ± {final['test_acc_std']:.2f}% "

@@ -18,7 +18,6 @@ from kdistill.compress.search import (
     Log,
     Meter,
     Screen,
-    Search,
     _shown,
     best_candidate,
     candidates,
@@ -26,6 +25,7 @@ from kdistill.compress.search import (
     completed,
     finish,
     primary_value,
+    run_search,
     teacher_and_data,
 )
 from kdistill.runtime.io import atomic_write_text
@@ -48,7 +48,7 @@ def compress(spec: CompressSpec, log: Log = print) -> dict[str, Any]:
     atomic_write_text(json.dumps(record, indent=1), spec.out_dir / "teacher.json")
     screen = Screen(spec, meter, info)
     screen.run(spec, log)
-    study = Search(spec, screen, log).run()
+    study = run_search(spec, screen, log, spec.workers)
     table = candidates(spec, study, screen)
     final = finish(spec, best_candidate(table), meter, screen, data, log)
     summary = _summary(spec, study, screen, table, final, relative)
@@ -86,7 +86,10 @@ def write_outputs(spec: CompressSpec, summary: dict[str, Any], table, teacher: d
     """``compress.md`` / ``.csv``, ``compress.png`` and ``summary.json`` in the output directory."""
     cost = lambda c: primary_value(spec, c.measured, teacher)  # noqa: E731
     report.write_tables(spec.out_dir, table, cost, header(spec, summary))
-    report.plot(spec.out_dir / "compress.png", table, cost, spec.budget, summary["teacher_val_acc"], summary["final"])
+    limit = spec.budget.primary
+    teacher_x = 1.0 if limit.relative else teacher[limit.key]
+    teacher_point = (teacher_x, summary["teacher_val_acc"])
+    report.plot(spec.out_dir / "compress.png", table, cost, spec.budget, teacher_point, summary["final"])
     atomic_write_text(json.dumps(summary, indent=1, default=str), spec.out_dir / "summary.json")
 
 

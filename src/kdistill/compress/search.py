@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import socket
 import statistics
@@ -51,7 +52,7 @@ from kdistill.models import build_model, count_parameters
 from kdistill.models.input_adapter import InputSpec
 from kdistill.report.compression import count_flops
 from kdistill.runtime.io import atomic_write_text
-from kdistill.runtime.storage import open_storage
+from kdistill.runtime.storage import claim_lock_in, open_storage
 
 Log = Callable[[str], None]
 Measured = dict[str, float]
@@ -77,6 +78,7 @@ class CompressSpec:
     trials: int = 3  # seeds of the final training
     int8: bool = False
     storage: str | None = None  # Optuna storage URL; None: SQLite in out_dir
+    workers: int = 1  # search processes on this machine
 
     @property
     def storage_url(self) -> str:
@@ -189,6 +191,8 @@ def check_spec(spec: CompressSpec) -> None:
         raise ConfigError(f"--trials {spec.trials}: at least one seed for the final training")
     if spec.time_limit_s is not None and spec.time_limit_s <= 0:
         raise ConfigError("--time must be positive, e.g. --time 30m")
+    if spec.time_limit_s is None and spec.max_candidates is None:
+        raise ConfigError("give the search an end: --time (e.g. --time 30m) and/or --max-candidates N")
     Runtime(spec.runtime)
     family, knobs = spec.space.architectures()[0]
     name, kwargs = architecture(family, knobs)
@@ -271,14 +275,16 @@ class Screen:
 # ----------------------------------------------------------------------------- the search
 
 
-def load_study(spec: CompressSpec) -> optuna.Study:
+def load_study(spec: CompressSpec, worker: int = 0) -> optuna.Study:
+    """The search's study (created on first use); each worker's sampler has its own seed."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=spec.config.seed + 1000 * worker, multivariate=True, n_startup_trials=8)
     return optuna.create_study(
         study_name=f"compress-{spec.out_dir.resolve().name}",
         storage=open_storage(spec.storage_url),
         directions=["maximize", "minimize"],
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=spec.config.seed, multivariate=True, n_startup_trials=8),
+        sampler=sampler,
     )
 
 
@@ -348,48 +354,43 @@ def train_or_continue(config: Config, log: Log = lambda _: None) -> dict[str, An
 
 
 class Search:
-    """The successive-halving loop over one study (see the module docstring)."""
+    """The successive-halving loop over one study (see the module docstring), in one of ``--workers`` processes."""
 
-    def __init__(self, spec: CompressSpec, screen: Screen, log: Log) -> None:
-        self.spec, self.screen, self.log = spec, screen, log
-        self.study = load_study(spec)
+    def __init__(self, spec: CompressSpec, screen: Screen, log: Log, deadline: float | None, worker: int = 0) -> None:
+        self.spec, self.screen, self.log, self.deadline = spec, screen, log, deadline
+        self.study = load_study(spec, worker)
         self.rungs = spec.space.rungs(spec.config.train.epochs)
-        self.used = float(self.study.user_attrs.get(USED, 0.0))
-        self.started = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return self.used + time.perf_counter() - self.started
 
     def over(self) -> bool:
         """No candidate starts once the time or the candidate limit is reached."""
-        if self.spec.time_limit_s is not None and self.elapsed() >= self.spec.time_limit_s:
-            self.log(f"search time {self.elapsed() / 60:.1f} min reached --time: no new candidate starts")
+        if self.deadline is not None and time.time() >= self.deadline:
             return True
         trained = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
         names = {t.user_attrs.get(CANDIDATE) for t in self.study.get_trials(deepcopy=False, states=trained)}
         return self.spec.max_candidates is not None and len(names - {None}) >= self.spec.max_candidates
 
-    def run(self) -> optuna.Study:
-        requeued = requeue_abandoned(self.study)
-        if requeued:
-            self.log(f"continuing {requeued} run(s) a stopped search left unfinished")
-        while True:
-            promotion = next_promotion(self.spec, self.study, self.rungs)
+    def claim(self) -> optuna.Trial | None:
+        """The next trial to run, decided and claimed under the output directory's lock: an interrupted run, else
+        a promotion (not after the deadline), else a new candidate (not after either limit); None: stop."""
+        with claim_lock_in(self.spec.out_dir):
             waiting = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-            if promotion is None and not waiting and self.over():
-                break
-            if promotion is not None and self.spec.time_limit_s is not None and self.over():
-                break
-            if promotion is not None:
-                self.study.enqueue_trial(promotion[0], user_attrs=promotion[1])
-            self.step(self.study.ask())
-            self.study.set_user_attr(USED, self.elapsed())
-        self.study.set_user_attr(USED, self.elapsed())
-        return self.study
+            if not waiting:
+                promotion = next_promotion(self.spec, self.study, self.rungs)
+                timed_out = self.deadline is not None and time.time() >= self.deadline
+                if (promotion is None and self.over()) or (promotion is not None and timed_out):
+                    return None
+                if promotion is not None:
+                    self.study.enqueue_trial(promotion[0], user_attrs=promotion[1])
+            trial = self.study.ask()
+            trial.set_user_attr(OWNER, [socket.gethostname(), os.getpid()])
+            return trial
+
+    def run(self) -> None:
+        while (trial := self.claim()) is not None:
+            self.step(trial)
 
     def step(self, trial: optuna.Trial) -> None:
         """Sample (or replay) one trial's candidate, skip it if over budget, else train it at its rung."""
-        trial.set_user_attr(OWNER, [socket.gethostname(), os.getpid()])
         family, knobs, method, settings = self.spec.space.sample(trial)
         candidate = trial.user_attrs.get(CANDIDATE) or f"c{trial.number:03d}"
         rung = int(trial.user_attrs.get(RUNG, 0))
@@ -404,7 +405,9 @@ class Search:
             return
         epochs = self.rungs[rung]
         name = f"{candidate}-r{rung}"
-        config = replace(candidate_config(self.spec, row["model"], method, settings, name), [f"train.epochs={epochs}"])
+        # evaluated once, after its last epoch: the search reads that validation accuracy (never test)
+        overrides = [f"train.epochs={epochs}", f"train.eval_every={epochs}"]
+        config = replace(candidate_config(self.spec, row["model"], method, settings, name), overrides)
         self.log(f"  {name}: {family} {knobs}, {method} {_settings_text(settings)}, {epochs} epochs")
         result = train_or_continue(config)
         trial.set_user_attr(EPOCHS, epochs)
@@ -420,6 +423,46 @@ class Search:
         trial.set_user_attr(TEACHER_PASSES, int(result.get("teacher_store_misses") or 0))
         self.study.tell(trial, [val, primary])
         self.log(f"    val acc {val:.2f}%")
+
+
+def run_search(spec: CompressSpec, screen: Screen, log: Log, workers: int = 1) -> optuna.Study:
+    """The search in ``workers`` processes (spawned, each with its share of the cores) until its limits; the search
+    time is summed over restarts in the study (``--time`` counts it all)."""
+    study = load_study(spec)
+    requeued = requeue_abandoned(study)
+    if requeued:
+        log(f"continuing {requeued} run(s) a stopped search left unfinished")
+    used, started = float(study.user_attrs.get(USED, 0.0)), time.time()
+    deadline = started + max(0.0, spec.time_limit_s - used) if spec.time_limit_s is not None else None
+    if workers == 1:
+        Search(spec, screen, log, deadline).run()
+    else:
+        context = multiprocessing.get_context("spawn")
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        processes = [
+            context.Process(target=_worker, args=(spec, deadline, threads, index), name=f"kdistill-compress-{index}")
+            for index in range(workers)
+        ]
+        log(f"search: {workers} worker processes, {threads} thread(s) each")
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+        failed = [p.name for p in processes if p.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"search workers {failed} failed (see their output); run the same command to continue")
+    study.set_user_attr(USED, used + time.time() - started)
+    if deadline is not None and time.time() >= deadline:
+        log(f"search time {(used + time.time() - started) / 60:.1f} min reached --time: no new candidate started")
+    return study
+
+
+def _worker(spec: CompressSpec, deadline: float | None, threads: int, index: int) -> None:
+    """One search worker process: its own teacher measurement (for architectures the grid did not screen)."""
+    torch.set_num_threads(threads)
+    teacher, _, info = teacher_and_data(spec.config)
+    screen = Screen(spec, Meter(spec, teacher, info), info)
+    Search(spec, screen, lambda line: print(f"[worker {index}] {line}", flush=True), deadline, index).run()
 
 
 def _settings_text(settings: dict[str, Any]) -> str:
@@ -464,19 +507,17 @@ def _candidate(trial: optuna.trial.FrozenTrial, row: dict[str, Any], last_rung: 
 
 
 def candidates(spec: CompressSpec, study: optuna.Study, screen: Screen) -> list[Candidate]:
-    """Every candidate at its furthest rung, then every screened architecture over the budget that was never tried."""
+    """Every trained candidate at its furthest rung, and every screened architecture over the budget (never trained)."""
     last_rung = len(spec.space.rungs(spec.config.train.epochs)) - 1
     found: dict[str, Candidate] = {}
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    for trial in study.get_trials(deepcopy=False, states=states):
+    for trial in completed(study):  # trials proposed over the budget are the screened rows below
         if ARCH not in trial.user_attrs:
             continue
         current = found.get(trial.user_attrs[CANDIDATE])
         if current is None or current.rung < int(trial.user_attrs.get(RUNG, 0)):
             found[trial.user_attrs[CANDIDATE]] = _candidate(trial, screen.rows[trial.user_attrs[ARCH]], last_rung)
-    tried = {c.architecture for c in found.values()}
     for key, row in screen.rows.items():
-        if key not in tried and row["misses"]:
+        if row["misses"]:
             status = "over budget: " + "; ".join(row["misses"])
             found[key] = Candidate(
                 "-", key, row["family"], row["knobs"], {}, row["measured"], row["misses"], status=status

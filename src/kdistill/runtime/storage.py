@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,3 +45,16 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             "and the URL (dialect://user:password@host:port/database) is right; without --storage the study lives "
             "in SQLite in the sweep or compress directory"
         ) from None
+
+
+@contextlib.contextmanager
+def claim_lock_in(directory: Path) -> Iterator[None]:
+    """An exclusive lock among the processes of this machine on ``<directory>/.claim.lock``: the workers of a sweep or
+    a compress search decide and claim their next trial under it (SQLite needs it; it costs nothing elsewhere)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".claim.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

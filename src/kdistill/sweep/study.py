@@ -9,19 +9,17 @@ point queued again, so the next worker continues its runs from their last checkp
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdistill.config import Config, to_dict
 from kdistill.contracts import ConfigError
-from kdistill.runtime.storage import open_storage, redacted
+from kdistill.runtime.storage import claim_lock_in, open_storage, redacted
 from kdistill.sweep.space import Param
 
 if TYPE_CHECKING:
@@ -97,16 +95,9 @@ def default_sweep_dir(config: Config, suffix: str = "") -> Path:
     return Path(config.output_dir) / "sweeps" / f"{config.name}{suffix}"
 
 
-@contextlib.contextmanager
-def claim_lock(spec: SweepSpec) -> Iterator[None]:
+def claim_lock(spec: SweepSpec) -> contextlib.AbstractContextManager[None]:
     """Serialises claiming among the processes of this machine (SQLite needs it; it costs nothing elsewhere)."""
-    spec.out_dir.mkdir(parents=True, exist_ok=True)
-    with open(spec.out_dir / ".claim.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return claim_lock_in(spec.out_dir)
 
 
 def sampler_and_pruner(spec: SweepSpec, worker: int) -> tuple[Any, Any]:
