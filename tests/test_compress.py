@@ -78,6 +78,8 @@ def test_a_tiny_compress_screens_searches_finishes_and_re_measures_its_onnx_file
     assert Path(int8["artefact"]).stat().st_size > 0 and abs(int8["test_acc"] - int8["fp32_test_acc_onnx"]) < 10
     assert int8["measured"]["latency"] > 0 and int8["fp32_measured"]["latency"] > 0
     assert summary["teacher_split_passes_search"] <= 3  # train, val and test logits: computed once for all runs
+    assert "teacher" in (out / "compression" / "compression.md").read_text()  # kdistill compare's report
+    assert final["teacher_split_passes"] == 0  # the final runs read the search's teacher store
     for name in ("compress.md", "compress.png", "summary.json", "teacher.json", "screen.json", "final.yaml"):
         assert (out / name).is_file(), name
 
@@ -87,7 +89,7 @@ def test_a_budget_no_architecture_meets_fails_before_any_training(tmp_path, digi
     with pytest.raises(ConfigError, match=r"no architecture .* meets the budget .* the smallest, cnn") as error:
         compress(
             None, ["params=100"], overrides=base(tmp_path, digits_teacher), space=space_file(tmp_path), out=out,
-            log=lambda _: None,
+            max_candidates=2, log=lambda _: None,
         )  # fmt: skip
     assert "params 438" in str(error.value) and "i.e. 100" in str(error.value)
     assert not (out / "runs").exists()
@@ -96,6 +98,9 @@ def test_a_budget_no_architecture_meets_fails_before_any_training(tmp_path, digi
 def test_unknown_budget_keys_and_a_teacher_less_config_are_refused_up_front(tmp_path, digits_teacher):
     with pytest.raises(ConfigError, match="unknown quantity 'accuracy'"):
         compress(None, ["accuracy=0.9x"], overrides=base(tmp_path, digits_teacher), log=lambda _: None)
+    with pytest.raises(ConfigError, match="give the search an end"):
+        compress(None, ["params=0.1x"], overrides=base(tmp_path, digits_teacher), space=space_file(tmp_path),
+                 log=lambda _: None)  # fmt: skip
     with pytest.raises(ConfigError, match="compress needs a teacher"):
         compress(None, ["params=0.1x"], overrides=[*base(tmp_path, digits_teacher), "teacher=null"],
                  space=space_file(tmp_path), log=lambda _: None)  # fmt: skip
@@ -178,4 +183,4 @@ def test_a_killed_search_continues_without_repeating_a_finished_run(tmp_path, di
     assert len(after) == len(set(after)) and set(before) <= set(after)  # each run once, the old ones kept
     assert all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())  # and not trained again
     assert json.loads((out / "summary.json").read_text())["final"]["meets_budget"]
-    assert torch.load(out / "final" / "final-seed0" / "student.pt", weights_only=False)["kind"]
+    assert torch.load(out / "runs" / "final-seed0" / "student.pt", weights_only=False)["kind"]

@@ -78,12 +78,14 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
 def test_every_shipped_config_file_loads():
     from pathlib import Path
 
-    files = sorted(Path(__file__).parent.parent.joinpath("configs").rglob("*.yaml"))
+    configs = Path(__file__).parent.parent.joinpath("configs")
+    files = sorted(configs.rglob("*.yaml"))
     assert files, "configs/ holds no YAML files"
     for path in files:
         first_line = path.read_text().splitlines()[0]
         assert first_line.startswith("#"), f"{path} must start with a comment giving its command and target"
-        load_config(path)
+        if path.parent != configs / "compress":  # the search spaces of kdistill compress (test_compress_budget)
+            load_config(path)
 
 
 def test_switching_from_nesterov_sgd_turns_the_sgd_only_switch_off():

@@ -4,11 +4,13 @@ against the budget's primary quantity as a plot (``compress.png``: teacher, budg
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from kdistill.compress.budget import Budget
 from kdistill.compress.search import Candidate
@@ -32,7 +34,7 @@ def rows(candidates: list[Candidate], primary: Any) -> list[list[str]]:
             _settings(c),
             f"{c.measured.get('params', 0):,.0f}",
             f"{c.measured.get('flops', 0):,.0f}",
-            f"{primary(c):.3g}",
+            "-" if math.isnan(primary(c)) else f"{primary(c):.3g}",
             "no" if c.misses else "yes",
             str(c.epochs) if c.epochs else "-",
             f"{c.val_acc:.2f}" if c.val_acc is not None else "-",
@@ -54,6 +56,9 @@ def write_tables(out_dir: Path, candidates: list[Candidate], primary: Any, heade
     return text
 
 
+ZOOM_POINTS = 8.0  # the plot shows accuracies down to this far below the best (lower ones are counted in the legend)
+
+
 def plot(
     path: Path,
     candidates: list[Candidate],
@@ -63,23 +68,28 @@ def plot(
     final: dict[str, Any] | None,
 ) -> None:
     """Validation accuracy (each candidate at its furthest rung, the marker growing with its epochs) against the
-    primary quantity; ``teacher`` is its (primary quantity, validation accuracy)."""
+    primary quantity, the Pareto front joined; the architectures screened out over the budget as crosses along the
+    bottom (measured, never trained); ``teacher`` is its (primary quantity, validation accuracy)."""
     limit = budget.primary
     figure = Figure(figsize=(7.5, 5))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     trained = [c for c in candidates if c.val_acc is not None]
-    for within, colour, label in ((True, "tab:blue", "within budget"), (False, "tab:gray", "over budget")):
-        chosen = [c for c in trained if (not c.misses) == within]
-        if chosen:
-            x, y = [primary(c) for c in chosen], [c.val_acc or 0.0 for c in chosen]
-            axes.scatter(x, y, s=[8 + 2 * c.epochs for c in chosen], c=colour, label=label)
+    teacher_x, teacher_val = teacher
+    best = max([c.val_acc or 0.0 for c in trained] + [teacher_val or 0.0])
+    low = best - ZOOM_POINTS
+    below = sum(1 for c in trained if (c.val_acc or 0.0) < low)
+    label = "trained candidates" + (f" ({below} below {low:.0f}% not shown)" if below else "")
+    x, y = [primary(c) for c in trained], [c.val_acc or 0.0 for c in trained]
+    axes.scatter(x, y, s=[8 + 2 * c.epochs for c in trained], c="tab:blue", alpha=0.7, label=label)
     front = sorted((c for c in trained if c.front), key=primary)
     if front:
         axes.plot([primary(c) for c in front], [c.val_acc or 0.0 for c in front], "-o", c="tab:orange", ms=6,
-                  label="Pareto front")  # fmt: skip
-    unit = "x the teacher's" if limit.relative else {"latency": "ms", "size": "bytes"}.get(limit.quantity, "")
-    teacher_x, teacher_val = teacher
+                  label=f"Pareto front ({len(front)})")  # fmt: skip
+    screened = [primary(c) for c in candidates if c.val_acc is None and c.misses and not math.isnan(primary(c))]
+    if screened:
+        axes.scatter(screened, [low + 0.3] * len(screened), marker="x", c="tab:gray", s=20,
+                     label=f"screened out over the budget ({len(screened)})")  # fmt: skip
     if teacher_val is not None:
         axes.scatter([teacher_x], [teacher_val], marker="*", s=160, c="tab:red", label=f"teacher ({teacher_val:.2f}%)")
     axes.axvline(limit.value, color="tab:red", ls="--", lw=1, label=f"budget: {limit.describe()}")
@@ -89,8 +99,12 @@ def plot(
             f"({'within' if final['meets_budget'] else 'MISSES'} the budget on its artefact)",
             fontsize=10,
         )
+    unit = "x the teacher's" if limit.relative else {"latency": "ms", "size": "bytes"}.get(limit.quantity, "")
     axes.set_xscale("log")
-    axes.set_xlabel(f"{limit.key} ({unit})")
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.set_ylim(low, best + 1)
+    axes.set_xlabel(f"{limit.key} ({unit}), log scale")
     axes.set_ylabel("validation accuracy % (furthest rung)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")

@@ -50,7 +50,7 @@ from kdistill.engine.export import load_student
 from kdistill.engine.loop import fit
 from kdistill.models import build_model, count_parameters
 from kdistill.models.input_adapter import InputSpec
-from kdistill.report.compression import count_flops
+from kdistill.report.compression import compare_runs, count_flops
 from kdistill.runtime.io import atomic_write_text
 from kdistill.runtime.storage import claim_lock_in, open_storage
 
@@ -178,8 +178,10 @@ def _shown(key: str, value: float) -> str:
 
 
 def _with(config: Config, method: str, settings: dict[str, Any]) -> Config:
-    overrides = [f"method={{name: {method}}}"] + [f"{key}={json.dumps(value)}" for key, value in settings.items()]
-    return replace(config, overrides)
+    """``config`` with ``method`` and the searched ``settings``: the config's own method settings are kept for the
+    method it names, another method starts from its defaults."""
+    switch = [] if config.method.name == method else [f"method={{name: {method}}}"]
+    return replace(config, switch + [f"{key}={json.dumps(value)}" for key, value in settings.items()])
 
 
 def check_spec(spec: CompressSpec) -> None:
@@ -555,8 +557,8 @@ def final_config(spec: CompressSpec, best: Candidate, screen: Screen) -> Config:
         for key, value in best.params.items()
         if key.startswith("optim.") or key.startswith(f"{method}.")
     }
-    config = candidate_config(spec, screen.rows[best.architecture]["model"], method, settings, "final")
-    return replace(config, [f"output_dir={spec.out_dir / 'final'}"])
+    # runs/final-seed<N>, next to the search's runs: the same teacher store serves them
+    return candidate_config(spec, screen.rows[best.architecture]["model"], method, settings, "final")
 
 
 def train_final(spec: CompressSpec, config: Config) -> list[dict[str, Any]]:
@@ -607,6 +609,7 @@ def finish(spec: CompressSpec, best: Candidate, meter: Meter, screen: Screen, da
     model, _, _ = load_student(run_dir / "student.pt")
     measured = meter.measure_artefact(artefact, model)
     misses = meter.misses(measured)
+    compare_runs([s["run_dir"] for s in summaries], spec.out_dir / "compression")  # kdistill compare's report
     result: dict[str, Any] = {
         "candidate": best.candidate, "architecture": best.architecture, "settings": best.params,
         "config": str(spec.out_dir / "final.yaml"), "runs": [s["run_dir"] for s in summaries],
