@@ -166,17 +166,20 @@ def test_a_killed_search_continues_without_repeating_a_finished_run(tmp_path, di
         *[arg for item in base(tmp_path, digits_teacher) for arg in ("--set", item)],
     ]  # fmt: skip
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    first = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list((out / "runs").glob("*/summary.json"))) < 2:
-        time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
     spec = CompressSpec(load_config(overrides=base(tmp_path, digits_teacher)), parse_budget(["params=0.1x"]),
                         parse_space({"families": {"mlp": {"layers": [1], "width": [8]}}}), out)  # fmt: skip
+    first = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and first.poll() is None:
+        if (out / "study.db").exists() and len(_finished_runs(load_study(spec))) >= 2:
+            break  # two runs told to the study: kill it during the next one
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
     before = _finished_runs(load_study(spec))
     assert len(before) >= 2, first.stderr.read().decode() if first.stderr else ""
-    stamps = {path: path.stat().st_mtime_ns for path in (out / "runs").glob("*/summary.json")}
+    summaries = [out / "runs" / f"{name}-r{rung}" / "summary.json" for name, rung in before]
+    stamps = {path: path.stat().st_mtime_ns for path in summaries}
     again = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     after = _finished_runs(load_study(spec))
