@@ -30,7 +30,7 @@ import socket
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -491,7 +491,6 @@ class Candidate:
     status: str = ""
     run: str | None = None
     front: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _candidate(trial: optuna.trial.FrozenTrial, row: dict[str, Any], last_rung: int) -> Candidate:
