@@ -474,8 +474,9 @@ def _add_compress_command(commands: Subcommands) -> None:
         "candidate within the budget on the config's full schedule with --trials seeds, export it to ONNX (and "
         "int8 with --int8) and re-measure the budget on the exported file. Writes compress.md/.csv (every "
         "candidate and why it stopped), compress.png (accuracy against the budget, Pareto front) and summary.json "
-        "into --out. Selection reads validation only; the test set is read once, for the final report. Run the "
-        "same command again to continue a killed search.",
+        "into --out. Selection reads validation accuracy only (candidate runs also record their test accuracy, which "
+        "the search never reads); the reported test accuracy is the final runs'. Run the same command again to "
+        "continue a killed search.",
     )
     _add_config_argument(compress)
     compress.add_argument(

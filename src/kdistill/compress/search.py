@@ -15,7 +15,8 @@ and measured.
    runs are never repeated, an interrupted one continues from its checkpoint). Selection reads validation only.
 4. **Finish**: the best candidate inside the budget trains the final schedule with ``--trials`` seeds, is exported
    to ONNX (and int8 with ``--int8``), its parity checked, and **its budget re-measured on the exported artefact**:
-   a student that misses the budget there is reported as missing it. The test set is read once, here.
+   a student that misses the budget there is reported as missing it. The reported test accuracy is the final
+   runs' (candidate runs record theirs, as every run does; the search reads only validation accuracy).
 5. **Report** (:mod:`kdistill.compress.report`): ``compress.md`` / ``.csv`` (every candidate, feasible or not,
    and why it stopped), ``compress.png`` and ``summary.json``.
 """
