@@ -18,7 +18,6 @@ from kdistill.compress.search import (
     Log,
     Meter,
     Screen,
-    _shown,
     best_candidate,
     candidates,
     check_spec,
@@ -26,6 +25,7 @@ from kdistill.compress.search import (
     finish,
     primary_value,
     run_search,
+    shown_measure,
     teacher_and_data,
 )
 from kdistill.runtime.io import atomic_write_text
@@ -39,7 +39,7 @@ def compress(spec: CompressSpec, log: Log = print) -> dict[str, Any]:
     teacher, data, info = teacher_and_data(spec.config)
     meter = Meter(spec, teacher, info)
     relative = [limit.describe() for limit in spec.budget.limits if limit.relative]
-    log(f"teacher on {spec.runtime}: " + ", ".join(_shown(k, v) for k, v in meter.teacher.items()))
+    log(f"teacher on {spec.runtime}: " + ", ".join(shown_measure(k, v) for k, v in meter.teacher.items()))
     log(
         f"budget: {spec.budget.describe()}"
         + (" (relative limits measured against the teacher here)" if relative else "")
@@ -105,7 +105,7 @@ def header(spec: CompressSpec, summary: dict[str, Any]) -> str:
         "",
         f"- budget: {summary['budget']} on {spec.runtime}"
         + (" (relative limits measured against the teacher in the same process, interleaved)" if relative else ""),
-        "- teacher: " + ", ".join(_shown(k, v) for k, v in summary["teacher"].items())
+        "- teacher: " + ", ".join(shown_measure(k, v) for k, v in summary["teacher"].items())
         + (f", val acc {teacher_val:.2f}%" if teacher_val is not None else ""),
         f"- screened {summary['screened']} architectures, {summary['screened_within_budget']} within the budget; "
         f"{summary['candidates_trained']} candidates trained in {summary['runs']} runs (rungs of {summary['rungs']} "

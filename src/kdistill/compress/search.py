@@ -44,7 +44,7 @@ from kdistill.compress.space import SearchSpace, architecture, architecture_key
 from kdistill.config import Config, ModelConfig, dump_config, replace
 from kdistill.contracts import ConfigError, DataInfo, TrainingDivergedError
 from kdistill.data import Data, build_data, data_info
-from kdistill.deploy.export import export_run
+from kdistill.deploy.export import export_run, first_images
 from kdistill.deploy.runtime import Deployable, Runtime, measure_interleaved, onnx_accuracy, quantize_static_int8
 from kdistill.engine.builders import preflight, resolve_architectures
 from kdistill.engine.export import load_student
@@ -169,7 +169,7 @@ def primary_value(spec: CompressSpec, measured: Measured, teacher: Measured) -> 
     return measured.get(f"{limit.key}_ratio", measured[limit.key] / max(teacher[limit.key], 1e-12))
 
 
-def _shown(key: str, value: float) -> str:
+def shown_measure(key: str, value: float) -> str:
     if key.endswith("_ratio"):
         return f"{key} {value:.3g}x"
     return f"{key} {value:,.0f}" if value >= 100 else f"{key} {value:.3g}"
@@ -266,9 +266,9 @@ class Screen:
         raise ConfigError(
             f"no architecture of the search space {spec.space.source} meets the budget ({spec.budget.describe()}): "
             f"the smallest, {smallest['family']} {smallest['knobs']}, measures "
-            + ", ".join(_shown(k, v) for k, v in smallest["measured"].items())
+            + ", ".join(shown_measure(k, v) for k, v in smallest["measured"].items())
             + " against the teacher's "
-            + ", ".join(_shown(k, v) for k, v in self.meter.teacher.items())
+            + ", ".join(shown_measure(k, v) for k, v in self.meter.teacher.items())
             + "; it misses "
             + "; ".join(smallest["misses"])
             + ". Loosen the budget or add smaller widths or depths to the space"
@@ -323,9 +323,11 @@ def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def next_promotion(spec: CompressSpec, study: optuna.Study, rungs: list[int]) -> tuple[dict, dict] | None:
     """(params, attrs) of the next candidate to promote (ASHA: in the top 1/eta of its rung, not yet promoted)."""
     states = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
-    taken = {(t.user_attrs.get(CANDIDATE), t.user_attrs.get(RUNG)) for t in study.get_trials(states=states)}
+    trials = study.get_trials(deepcopy=False, states=states)  # read once: this runs at every claim
+    taken = {(t.user_attrs.get(CANDIDATE), t.user_attrs.get(RUNG)) for t in trials}
+    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values[0] >= 0]
     for rung in range(len(rungs) - 1):
-        done = [t for t in completed(study) if t.user_attrs.get(RUNG) == rung and t.values[0] >= 0]
+        done = [t for t in finished if t.user_attrs.get(RUNG) == rung]
         for trial in sorted(done, key=lambda t: -t.values[0])[: len(done) // spec.space.eta]:
             if (trial.user_attrs[CANDIDATE], rung + 1) not in taken:
                 return trial.params, {CANDIDATE: trial.user_attrs[CANDIDATE], RUNG: rung + 1}
@@ -572,17 +574,14 @@ def train_final(spec: CompressSpec, config: Config) -> list[dict[str, Any]]:
     return summaries
 
 
-def int8_report(meter: Meter, artefact: Path, data: Data, fp32_measured: Measured) -> dict[str, Any]:
-    """int8 (ONNX Runtime static quantisation calibrated on training images): its test accuracy, budget numbers
-    and misses next to the fp32 artefact's."""
-    count = min(CALIBRATION_IMAGES, len(data.train))  # type: ignore[arg-type]
-    calibration = torch.stack([data.train[i][0] for i in range(count)])
+def int8_report(meter: Meter, artefact: Path, model: nn.Module, data: Data, fp32_measured: Measured) -> dict[str, Any]:
+    """int8 (ONNX Runtime static quantisation calibrated on training images) of the ``artefact`` exported from
+    ``model``: its test accuracy, budget numbers and misses next to the fp32 artefact's."""
+    calibration, _ = first_images(data.train, CALIBRATION_IMAGES)
     quantised = quantize_static_int8(artefact, calibration, artefact.with_name("student_int8.onnx"))
-    test = [data.test[i] for i in range(len(data.test))]  # type: ignore[arg-type]
-    images, targets = torch.stack([item[0] for item in test]), torch.tensor([item[1] for item in test])
+    images, targets = first_images(data.test, len(data.test))  # type: ignore[arg-type]
     accuracy, _ = onnx_accuracy(quantised, images, targets)
     fp32_accuracy, _ = onnx_accuracy(artefact, images, targets)
-    model, _, _ = load_student(artefact.parent.parent / "student.pt")
     measured = meter.measure_artefact(quantised, model)
     return {
         "artefact": str(quantised),
@@ -625,6 +624,6 @@ def finish(spec: CompressSpec, best: Candidate, meter: Meter, screen: Screen, da
     verdict = "within the budget" if not misses else "MISSES the budget: " + "; ".join(misses)
     log(f"final: test acc {result['test_acc_mean']:.2f} ± {result['test_acc_std']:.2f}%; {artefact.name}: {verdict}")
     if spec.int8:
-        result["int8"] = int8_report(meter, artefact, data, measured)
+        result["int8"] = int8_report(meter, artefact, model, data, measured)
         log(f"int8: test acc {result['int8']['test_acc']:.2f}% (fp32 ONNX {result['int8']['fp32_test_acc_onnx']:.2f}%)")
     return result

@@ -35,11 +35,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from kdistill.choices import EXPORT_FORMATS
 from kdistill.config import Config, to_dict
 from kdistill.contracts import VERSION, CheckpointError, ConfigError, DataInfo, DatasetNotFoundError
-from kdistill.data import Data, build_data
+from kdistill.data import Data, build_data, make_loader
 from kdistill.engine.export import load_student, student_from_payload
 from kdistill.models.loading import STUDENT_KIND
 from kdistill.runtime.io import atomic_write_text
@@ -119,13 +120,24 @@ def _run_data(config: Config) -> Data:
         ) from None
 
 
+def first_images(split: Dataset, count: int) -> tuple[Tensor, Tensor]:
+    """The first ``count`` images (N, C, H, W) of a split of :func:`~kdistill.data.build_data` as its transform gives
+    them, and their labels, read in batches (in-memory splits make each batch at once)."""
+    inputs, targets, seen = [], [], 0
+    for batch in make_loader(split, PARITY_BATCH, False, 0):
+        inputs.append(batch.inputs[: count - seen].cpu())
+        targets.append(batch.targets[: count - seen].cpu())
+        seen += len(inputs[-1])
+        if seen >= count:
+            break
+    return torch.cat(inputs), torch.cat(targets)
+
+
 def _test_images(data: Data, count: int) -> tuple[Tensor, Tensor]:
     """The first ``count`` test images (N, C, H, W) as the run's eval transform gives them, and their labels."""
-    total = len(data.test)  # type: ignore[arg-type]
-    if total == 0:
+    if len(data.test) == 0:  # type: ignore[arg-type]
         raise ConfigError("the run's test split is empty: there is nothing to check the export on")
-    items = [data.test[index] for index in range(min(count, total))]
-    return torch.stack([item[0] for item in items]), torch.tensor([int(item[1]) for item in items])
+    return first_images(data.test, count)
 
 
 def _sha256(path: Path) -> str:
