@@ -153,8 +153,12 @@ def test_two_search_workers_share_one_study_and_run_each_candidate_rung_once(tmp
     study = load_study(spec)
     finished = _finished_runs(study)
     assert len(finished) == len(set(finished)) and len({name for name, _ in finished}) >= 4
-    owners = {tuple(t.user_attrs["compress.owner"]) for t in study.trials if "compress.owner" in t.user_attrs}
-    assert len({pid for _, pid in owners}) == 2  # both workers ran trials
+    owners = {
+        pid for _, pid in (t.user_attrs["compress.owner"] for t in study.trials if "compress.owner" in t.user_attrs)
+    }
+    # the spawned workers ran the trials, not this process; how many of the two got one is a race (a worker that
+    # starts late, on a loaded machine, may find all four candidates taken), so it is not asserted
+    assert owners and os.getpid() not in owners and len(owners) <= 2
     assert summary["final"]["meets_budget"]
 
 
