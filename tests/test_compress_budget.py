@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
+import optuna
 import pytest
 
 from kdistill.compress.budget import Budget, Limit, parse_budget, parse_limit
+from kdistill.compress.search import (
+    CANDIDATE,
+    RUNG,
+    crowding_distances,
+    next_promotion,
+    pareto_ranks,
+    promotion_order,
+)
 from kdistill.compress.space import FAMILIES, default_space_path, load_space, parse_space
 from kdistill.contracts import ConfigError
 from kdistill.methods import METHODS
@@ -104,3 +114,44 @@ def test_a_space_grid_lists_every_architecture_and_ranges_by_their_ends():
     grid = space.architectures()
     assert ("mlp", {"layers": 2, "width": 16}) in grid and len(grid) == 2 * 2 + 2
     assert FAMILIES["mlp"].build({"layers": 2, "width": 16}) == ("mlp", {"hidden": [16, 16]})
+
+
+def test_the_patch_cnn_family_builds_the_cnn_with_a_patchify_first_stage():
+    name, kwargs = FAMILIES["patch_cnn"].build({"patch": 4, "stages": 2, "width": 8, "hidden": 32})
+    assert name == "cnn" and kwargs["patch"] == 4 and kwargs["channels"] == [8, 16] and kwargs["head"] == "flatten"
+    space = parse_space({"families": {"patch_cnn": {"patch": [2, 7], "stages": [1], "width": [8], "hidden": [0]}}})
+    assert [knobs["patch"] for _, knobs in space.architectures()] == [2, 7]
+
+
+def test_pareto_ranks_sort_accuracy_up_and_cost_down_into_layers():
+    points = [(90.0, 0.5), (89.0, 0.2), (88.0, 0.3), (85.0, 0.1), (91.0, 0.9), (80.0, 0.95), (89.0, 0.2)]
+    # (88, 0.3) is beaten by (89, 0.2); (80, 0.95) by everything cheaper and better; equal points tie on the front
+    assert pareto_ranks(points) == [0, 0, 1, 0, 0, 2, 0]
+
+
+def test_promotion_takes_the_cheap_end_of_the_trade_off_not_only_the_most_accurate():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    rung0 = [(91.0, 0.9), (90.5, 0.8), (90.2, 0.85), (88.0, 0.1), (86.0, 0.12), (85.0, 0.5)]
+    for number, (accuracy, cost) in enumerate(rung0):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": number}, distributions={"x": optuna.distributions.IntDistribution(0, 99)},
+                values=[accuracy, cost], user_attrs={CANDIDATE: f"c{number}", RUNG: 0},
+            )
+        )  # fmt: skip
+    spec = SimpleNamespace(space=SimpleNamespace(eta=3))  # top 6 // 3 = 2 promoted
+    promoted = []
+    for _ in range(2):
+        params, attrs = next_promotion(spec, study, [2, 6, 18])
+        promoted.append(attrs[CANDIDATE])
+        study.enqueue_trial(params, user_attrs=attrs)
+    # the front is c0, c1, c3; its ends go first: the most accurate (c0) and the cheapest (c3), not the runner-up c1
+    assert sorted(promoted) == ["c0", "c3"] and next_promotion(spec, study, [2, 6, 18]) is None
+    assert pareto_ranks(rung0) == [0, 0, 1, 0, 1, 2]  # (85, 0.5) is beaten by (86, 0.12)
+    assert promotion_order(rung0)[:3] in ([0, 3, 1], [3, 0, 1])
+
+
+def test_crowding_distance_is_infinite_at_the_ends_and_the_normalised_gap_inside():
+    distances = crowding_distances([(80.0, 0.1), (85.0, 0.2), (90.0, 0.6)])
+    assert distances[0] == distances[2] == math.inf
+    assert distances[1] == pytest.approx((90 - 80) / 10 + (0.6 - 0.1) / 0.5)

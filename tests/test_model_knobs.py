@@ -116,6 +116,7 @@ REFUSED = [
     ("shufflenetv2", {"net_size": True}, "net_size=True: expected one of the reference's net sizes"),
     ("mlp", {"hidden": [64, 0]}, "hidden=[64, 0]: expected a list of integers >= 1"),
     ("cnn", {"channels": [8, -1]}, "channels=[8, -1]: expected a list of integers >= 1"),
+    ("cnn", {"patch": -2}, "patch=-2: expected an integer >= 0"),
 ]
 
 
@@ -168,6 +169,7 @@ FAMILIES = [
     ("shufflenetv2", {"net_size": 0.2}),
     ("mlp", {"hidden": [32, 16]}),
     ("cnn", {"channels": [8, 16], "hidden": 32}),
+    ("cnn", {"channels": [8, 16], "hidden": 32, "patch": 4}),
 ]
 
 
@@ -200,3 +202,16 @@ def test_the_catalog_lists_the_generic_builders_at_their_defaults():
     assert {"resnet_cifar", "wrn"} <= set(MODELS.names())
     assert MODEL_INFO["resnet_cifar"]["family"] == "cifar_resnet" and "278,324" in MODEL_INFO["resnet_cifar"]["source"]
     assert MODEL_INFO["wrn"]["family"] == "wrn" and "703,284" in MODEL_INFO["wrn"]["source"]
+
+
+def test_a_patchify_stem_replaces_the_first_conv_and_pool_with_one_strided_conv():
+    model = build_model(ModelConfig(name="cnn", kwargs={"channels": [16, 8], "hidden": 0, "batch_norm": True,
+                                                         "padding": 1, "patch": 4}), 10, (1, 28, 28))  # fmt: skip
+    first, second = model.stage_modules()
+    assert [type(layer).__name__ for layer in first] == ["Conv2d", "BatchNorm2d", "ReLU"]  # no pool after the patches
+    assert first[0].kernel_size == first[0].stride == (4, 4) and "MaxPool2d" in str(second)
+    maps = model.forward_features(torch.randn(2, 1, 28, 28)).stages
+    assert [tuple(m.shape[1:]) for m in maps] == [(16, 7, 7), (8, 3, 3)]  # 28 // 4, then (7 + 2 - 2) // 2
+    patches, batch_norm = 16 * 4 * 4, 2 * 16  # no conv bias under BN
+    second_stage, head = 8 * 16 * 9 + 2 * 8, 8 * 3 * 3 * 10 + 10
+    assert sum(p.numel() for p in model.parameters()) == patches + batch_norm + second_stage + head

@@ -9,10 +9,11 @@ and measured.
    smallest one's numbers next to the budget.
 3. **Search**: an Optuna multi-objective study (validation accuracy up, the budget's primary quantity down; TPE)
    proposes candidates (architecture, method, settings, lr). Successive halving (asynchronous, ASHA): a candidate
-   trains ``min_epochs`` first; the top 1/eta of each rung are promoted to eta times the epochs, up to the final
-   schedule. Every run shares one data stream (``data.stream_seed``), so the teacher cache serves all of them: the
-   teacher is paid once. No candidate starts after ``--time``; a killed search resumes where it stopped (finished
-   runs are never repeated, an interrupted one continues from its checkpoint). Selection reads validation only.
+   trains ``min_epochs`` first; the top 1/eta of each rung, in Pareto order (:func:`next_promotion`), are promoted
+   to eta times the epochs, up to the final schedule. Every run shares one data stream (``data.stream_seed``), so
+   the teacher cache serves all of them: the teacher is paid once. No candidate starts after ``--time``; a killed
+   search resumes where it stopped (finished runs are never repeated, an interrupted one continues from its
+   checkpoint). Selection reads validation only.
 4. **Finish**: the best candidate inside the budget trains the final schedule with ``--trials`` seeds, is exported
    to ONNX (and int8 with ``--int8``), its parity checked, and **its budget re-measured on the exported artefact**:
    a student that misses the budget there is reported as missing it. The reported test accuracy is the final
@@ -320,15 +321,62 @@ def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
 
+def pareto_ranks(points: list[tuple[float, float]]) -> list[int]:
+    """Non-dominated sorting of (accuracy, cost) points, accuracy up and cost down: 0 for the Pareto front, 1 for the
+    front of the rest, and so on (NSGA-II's ranks, Deb et al. 2002; O(n^2) per layer, for a few hundred points)."""
+    ranks, remaining, rank = [0] * len(points), set(range(len(points))), 0
+    while remaining:
+        front = {i for i in remaining if not any(_dominates(points[j], points[i]) for j in remaining if j != i)}
+        for i in front:
+            ranks[i] = rank
+        remaining -= front
+        rank += 1
+    return ranks
+
+
+def crowding_distances(points: list[tuple[float, float]]) -> list[float]:
+    """NSGA-II's crowding distance of each point within its set (one Pareto layer): infinite for the two ends, else
+    the normalised gap between its neighbours along each objective, summed; a larger one is a less crowded point."""
+    distances = [0.0] * len(points)
+    for objective in (0, 1):
+        order = sorted(range(len(points)), key=lambda i: points[i][objective])
+        span = points[order[-1]][objective] - points[order[0]][objective] if points else 0.0
+        distances[order[0]] = distances[order[-1]] = math.inf
+        for before, here, after in zip(order, order[1:], order[2:]):
+            if span > 0:
+                distances[here] += (points[after][objective] - points[before][objective]) / span
+    return distances
+
+
+def promotion_order(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of (accuracy, cost) points, best first: by Pareto rank, then within a rank the less crowded first (the
+    ends of each layer: the most accurate and the cheapest), then accuracy."""
+    ranks = pareto_ranks(points)
+    crowding = [0.0] * len(points)
+    for rank in set(ranks):
+        layer = [i for i in range(len(points)) if ranks[i] == rank]
+        for i, distance in zip(layer, crowding_distances([points[i] for i in layer])):
+            crowding[i] = distance
+    return sorted(range(len(points)), key=lambda i: (ranks[i], -crowding[i], -points[i][0]))
+
+
+def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """``a`` is at least as accurate at no higher cost, and strictly better in one of them."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
 def next_promotion(spec: CompressSpec, study: optuna.Study, rungs: list[int]) -> tuple[dict, dict] | None:
-    """(params, attrs) of the next candidate to promote (ASHA: in the top 1/eta of its rung, not yet promoted)."""
+    """(params, attrs) of the next candidate to promote, not yet promoted: the top 1/eta of its rung in Pareto order
+    (multi-objective ASHA, Schmucker et al., arXiv:2106.12639, with NSGA-II's ordering: :func:`promotion_order` on
+    validation accuracy and the primary quantity), so the cheap end of the trade-off reaches the last rung too."""
     states = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
     trials = study.get_trials(deepcopy=False, states=states)  # read once: this runs at every claim
     taken = {(t.user_attrs.get(CANDIDATE), t.user_attrs.get(RUNG)) for t in trials}
     finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values[0] >= 0]
     for rung in range(len(rungs) - 1):
         done = [t for t in finished if t.user_attrs.get(RUNG) == rung]
-        for trial in sorted(done, key=lambda t: -t.values[0])[: len(done) // spec.space.eta]:
+        order = promotion_order([(t.values[0], t.values[1]) for t in done])
+        for trial in [done[i] for i in order][: len(done) // spec.space.eta]:
             if (trial.user_attrs[CANDIDATE], rung + 1) not in taken:
                 return trial.params, {CANDIDATE: trial.user_attrs[CANDIDATE], RUNG: rung + 1}
     return None
@@ -534,14 +582,8 @@ def candidates(spec: CompressSpec, study: optuna.Study, screen: Screen) -> list[
 def mark_front(rows: list[Candidate], cost: Callable[[Candidate], float]) -> None:
     """Pareto front of the trained candidates within the budget: no other has higher accuracy at no higher cost."""
     trained = [c for c in rows if c.val_acc is not None and not c.misses]
-    for c in trained:
-        c.front = not any(
-            o is not c
-            and (o.val_acc or 0) >= (c.val_acc or 0)
-            and cost(o) <= cost(c)
-            and ((o.val_acc or 0) > (c.val_acc or 0) or cost(o) < cost(c))
-            for o in trained
-        )
+    for c, rank in zip(trained, pareto_ranks([(c.val_acc or 0.0, cost(c)) for c in trained])):
+        c.front = rank == 0
 
 
 def best_candidate(rows: list[Candidate]) -> Candidate:

@@ -56,6 +56,11 @@ def _cnn(k: Knobs) -> tuple[str, dict[str, Any]]:
     }
 
 
+def _patch_cnn(k: Knobs) -> tuple[str, dict[str, Any]]:
+    name, kwargs = _cnn({**k, "head": "flatten"})
+    return name, {**kwargs, "patch": int(k["patch"])}
+
+
 def _resnet(k: Knobs) -> tuple[str, dict[str, Any]]:
     width = int(k["width"])
     return "resnet_cifar", {"depth": int(k["depth"]), "widths": [width, width, 2 * width, 4 * width]}
@@ -68,6 +73,12 @@ FAMILIES: dict[str, Family] = {
         _cnn,
         "the simple CNN: `stages` conv-BN-ReLU-pool stages of `width`, 2x`width`, ... filters, head `flatten` "
         "(dense `hidden`, 0 for none) or `avg` (global pool + linear)",
+    ),
+    "patch_cnn": Family(
+        ("patch", "stages", "width", "hidden"),
+        _patch_cnn,
+        "the simple CNN with a patchify first stage (a `patch` x `patch` conv of stride `patch`, no pool), then "
+        "`stages` - 1 conv-BN-ReLU-pool stages; widths `width`, 2x`width`, ...; head flatten + dense `hidden`",
     ),
     "resnet_cifar": Family(
         ("depth", "width"), _resnet, "CIFAR ResNet of `depth` (6n+2) with filters `width`, `width`, 2x, 4x"

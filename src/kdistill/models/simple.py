@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +74,9 @@ class FlattenHead(nn.Module):
 class SmallCNN(TappedModel):
     """[conv 3x3 -> (BN) -> ReLU -> max-pool 2] per entry of ``channels``, then a classifier head.
 
+    ``patch > 0`` makes the first stage a patchify conv instead: ``patch`` x ``patch`` with stride ``patch``, no
+    padding and no pool (one operator where conv + pool are two; the cheapest conv stem at batch 1).
+
     ``head="flatten"`` is seed 002's layout (flatten -> dense ``hidden`` -> dense classes);
     ``head="avg"`` pools globally and uses one linear layer (a feature map SimKD can reuse cheaply).
     """
@@ -87,17 +91,23 @@ class SmallCNN(TappedModel):
         batch_norm: bool,
         head: str,
         dropout: float,
+        patch: int = 0,
     ) -> None:
         super().__init__()
         in_channels, height, width = input_shape
         stages = []
-        for out_channels in channels:
-            layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=padding, bias=not batch_norm)]
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out_channels))
-            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        for index, out_channels in enumerate(channels):
+            if index == 0 and patch > 0:
+                conv = nn.Conv2d(in_channels, out_channels, patch, stride=patch, bias=not batch_norm)
+                height, width = height // patch, width // patch
+            else:
+                conv = nn.Conv2d(in_channels, out_channels, 3, padding=padding, bias=not batch_norm)
+                height, width = (height + 2 * padding - 2) // 2, (width + 2 * padding - 2) // 2
+            layers: list[nn.Module] = [conv, nn.BatchNorm2d(out_channels)] if batch_norm else [conv]
+            layers.append(nn.ReLU(inplace=True))
+            if not (index == 0 and patch > 0):
+                layers.append(nn.MaxPool2d(2))
             stages.append(nn.Sequential(*layers))
-            height, width = (height + 2 * padding - 2) // 2, (width + 2 * padding - 2) // 2
             in_channels = out_channels
             if height < 1 or width < 1:
                 raise ValueError(f"cnn: input {input_shape} is too small for {len(channels)} conv/pool stages")
@@ -143,7 +153,18 @@ def mlp(
     return MLP(num_classes, input_shape, list(hidden), dropout)
 
 
-@register_model("cnn", family="simple", source="seed 002 teacher: 64/128 filters, dense 1024 = 3,378,970 parameters")
+def patch_problem(patch: Any) -> str | None:
+    """What a patch size should have been (None when it fits): an integer >= 0."""
+    fits = isinstance(patch, int) and not isinstance(patch, bool) and patch >= 0
+    return None if fits else "an integer >= 0 (0: a conv 3x3 + pool first stage; k: a k x k conv of stride k)"
+
+
+@register_model(
+    "cnn",
+    family="simple",
+    source="seed 002 teacher: 64/128 filters, dense 1024 = 3,378,970 parameters",
+    checks={"patch": patch_problem},
+)
 def cnn(
     num_classes: int,
     input_shape: tuple[int, int, int],
@@ -153,11 +174,14 @@ def cnn(
     batch_norm: bool = False,
     head: str = "flatten",
     dropout: float = 0.0,
+    patch: int = 0,
 ) -> SmallCNN:
     """One conv 3x3 (+ BN) + ReLU + 2x2 max-pool stage per entry of ``channels``, then the ``head``.
 
     ``channels`` takes any widths >= 1 and as many stages as the input allows: each stage maps a side s to
     (s + 2 * padding - 2) // 2, which must stay >= 1 (with ``padding=0``, 28x28 and 32x32 inputs take 1 to 3 stages;
     more is refused when the model is built). ``hidden``: the dense layer of the ``flatten`` head (0: none).
+    ``patch`` (0: off): the first stage is a ``patch`` x ``patch`` conv of stride ``patch`` with no pool, mapping a side
+    s to s // patch (4 on 28x28: 7x7 maps).
     """
-    return SmallCNN(num_classes, input_shape, list(channels), hidden, padding, batch_norm, head, dropout)
+    return SmallCNN(num_classes, input_shape, list(channels), hidden, padding, batch_norm, head, dropout, patch)
