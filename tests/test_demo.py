@@ -22,17 +22,31 @@ def test_demo_prints_both_settings_with_their_gains(tmp_path):
         train_subset=3000,
         overrides=["train.progress=false", "data.test_subset=2000"],  # 2,000 val and test images: enough for > 40%
         log=lambda _: None,
-        few_labels=api.FewLabels(labelled=200, alone_epochs=2),
+        few_labels=api.FewLabels(labelled=200, alone_epochs=6),  # 200 images: 2 steps an epoch
     )
     table = result["table"]
-    assert "teacher CNN" in table and "student MLP + KD" in table and "200 labels + unlabelled" in table
-    assert table.count("±") >= 8  # accuracies of every student arm and both gains
-    arms = ("alone", "kd", "alone_few", "kd_few")
+    assert "teacher CNN" in table and "student MLP + KD" in table and "| 200 labels " in table
+    rows = {line.split("|")[2].strip(): line for line in table.splitlines()[2:]}
+    assert list(rows)[3:] == [
+        "student MLP alone (200 images)", "+ soft targets, the same 200 images",
+        "+ teacher's hard labels, unlabelled images", "+ teacher's soft targets, unlabelled images",
+    ]  # fmt: skip
+    by_arm = dict(zip(list(rows)[4:], ("kd_same", "pseudo_few", "kd_few")))
+    for row, arm in by_arm.items():  # every distilled arm: its difference to the student alone, with its s.e.
+        mean = sum(s["final_test_acc"] for s in result[arm]) / 2
+        alone = sum(s["final_test_acc"] for s in result["alone_few"]) / 2
+        assert rows[row].split("|")[7].strip().startswith(f"{mean - alone:+.2f} ± ")
+    assert rows["+ teacher's soft targets, unlabelled images"].split("|")[8].count("±") == 1  # vs the row above
+    arms = ("alone", "kd", "alone_few", "kd_same", "pseudo_few", "kd_few")
     assert all(len(result[arm]) == 2 for arm in arms)
     assert all(s["final_test_acc"] > 40 for arm in arms for s in result[arm])  # chance is 10%
     # the few-labels arms: the student alone saw 200 images, the distilled one all 3000 (200 of them labelled)
     # the teacher was paid once for these 3000 images: the few-labels runs read its logits from the store
     assert all(s["teacher_store_misses"] == 0 and s["teacher_store_hits"] == 3 for s in result["kd_few"])
+    assert all(s["method"] == "kd" and s["teacher_store_misses"] == 0 for s in result["pseudo_few"])
+    assert "hard_labels: true" in (tmp_path / "few_labels_mlp_pseudo-seed0" / "config.yaml").read_text()
+    lines = (tmp_path / "few_labels_mlp_pseudo-seed0" / "metrics.jsonl").read_text()
+    assert '"train_kd"' in lines and '"train_ce"' in lines
     lines = (tmp_path / "few_labels_mlp_kd-seed0" / "metrics.jsonl").read_text()
     assert '"train_kd"' in lines and '"train_ce"' in lines
     assert (tmp_path / "demo.md").read_text().startswith("| setting")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kdistill.methods.kd import ensemble_kd_loss, kd_loss
+from kdistill.methods.kd import ensemble_kd_loss, hard_label_loss, kd_loss
 
 
 def test_kd_loss_matches_a_hand_computed_value():
@@ -73,3 +73,38 @@ def test_multi_teacher_kd_method_uses_the_ensemble_loss():
     output = method.training_step(batch)
     expected = ensemble_kd_loss(method.student(batch.inputs), [t(batch.inputs) for t in teachers], 4.0)
     assert output.losses["kd"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_hard_label_loss_is_cross_entropy_with_the_teachers_argmax():
+    student = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    teacher = torch.tensor([[2.0, 0.0, 1.0], [0.1, 0.2, 0.0]])  # argmax 0 and 1
+    by_hand = [-(1.0 - math.log(math.exp(1) + math.exp(2) + 1)), -(0.0 - math.log(2 + math.exp(3)))]
+    assert hard_label_loss(student, teacher).item() == pytest.approx(sum(by_hand) / 2, rel=1e-6)
+    # only the teacher's ranking matters: any temperature or shift of its logits gives the same loss
+    same = hard_label_loss(student, teacher).item()
+    assert hard_label_loss(student, teacher / 7.0 + 3.0).item() == pytest.approx(same)
+
+
+def test_kd_with_hard_labels_trains_on_the_teachers_argmax_where_labels_are_missing():
+    from kdistill.config import ModelConfig
+    from kdistill.contracts import Batch, DataInfo
+    from kdistill.methods.ce import cross_entropy_loss
+    from kdistill.methods.kd import KD, KDConfig
+    from kdistill.models import build_model
+
+    torch.manual_seed(0)
+    info = DataInfo(num_classes=4, input_shape=(1, 6, 6), num_train=8)
+    spec = ModelConfig(name="mlp", kwargs={"hidden": [8]})
+    teacher = build_model(spec, 4, info.input_shape)
+    config = KDConfig(hard_labels=True, ce_weight=0.3, kd_weight=0.7, temperature=9.0)
+    method = KD(build_model(spec, 4, info.input_shape), [teacher], config, info)
+    targets = torch.tensor([2, -1, -1, 0, -1])  # three unlabelled samples (data.labelled)
+    batch = Batch(inputs=torch.randn(5, 1, 6, 6), targets=targets, indices=torch.arange(5))
+    output = method.training_step(batch)
+    logits, teacher_logits = method.student(batch.inputs), teacher(batch.inputs)
+    pseudo = torch.nn.functional.cross_entropy(logits, teacher_logits.argmax(1))  # every sample, T unused
+    assert output.losses["kd"].item() == pytest.approx(0.7 * pseudo.item(), rel=1e-5)
+    assert output.losses["ce"].item() == pytest.approx(0.3 * cross_entropy_loss(logits, targets).item(), rel=1e-5)
+    assert "hard_labels and logit_standardization" in " ".join(
+        KDConfig(hard_labels=True, logit_standardization=True).problems()
+    )

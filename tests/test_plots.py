@@ -23,7 +23,7 @@ from kdistill.methods.funmatch import FunctionMatching
 from kdistill.report.batches import display_images, show_batch
 from kdistill.report.experiments import write_report
 from kdistill.report.features import write_tsne
-from kdistill.report.plots import log_scale_wanted, plot_metric
+from kdistill.report.plots import log_scale_wanted, plot_curve_panels, plot_metric
 from kdistill.track import read_metrics
 from test_report_experiments import ACCURACIES, BASELINE, build_sweep, make_run
 
@@ -118,6 +118,23 @@ def test_plot_metric_groups_trials_for_the_demo(tmp_path):
         make_run(tmp_path, f"s-seed{seed}", [], {"final_test_acc": accuracy}, metrics)
     path = plot_metric([tmp_path / "s-seed0", tmp_path / "s-seed1"], "test_acc", tmp_path / "demo.png", "t", {"T": 60})
     assert path == tmp_path / "demo.png" and path.stat().st_size > 0
+
+
+def test_curve_panels_draw_one_setting_each_against_its_own_steps(tmp_path):
+    short = [[{"epoch": 1, "step": 10, "test_acc": 60.0}, {"epoch": 2, "step": 20, "test_acc": 70.0}]] * 2
+    long = [
+        [{"epoch": e, "step": 5 * e, "test_acc": 50.0 + e} for e in (10, 100)],
+        [{"epoch": e, "step": 5 * e, "test_acc": 52.0 + e} for e in (10, 100)],
+    ]
+    panels = {"all labels": {"alone": short}, "few labels": {"alone": long, "kd": short}}
+    plot = plot_curve_panels(panels, "test_acc", tmp_path / "p.png", {"teacher": 90.0}, x="step")
+    first, second = plot.figure.axes
+    assert [first.get_title(), second.get_title()] == ["all labels", "few labels"]
+    assert second.get_xlabel() == "optimizer step"
+    alone = second.lines[0]
+    assert list(alone.get_xdata()) == [50, 500] and list(alone.get_ydata()) == [61.0, 151.0]  # mean of the trials
+    assert [line.get_label() for line in first.lines] == ["alone", "teacher (90.00)"]
+    assert first.get_xlim()[1] < 25  # the short setting is not squeezed by the long one's 500 steps
 
 
 # ----------------------------------------------------------------------------- t-SNE of a real KD run

@@ -198,8 +198,8 @@ def _demo_runs(
     few: FewLabels | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """The demo's runs: the teacher, then per setting the student alone and the distilled student (summaries)."""
-    steps = 5 if few else 3
+    """The demo's runs: the teacher, the student alone and distilled on all labels, then the few-labels arms."""
+    steps = 7 if few else 3
     teacher_config = load_config(
         base={**DEMO_BASE, "name": "teacher_cnn", "student": DEMO_TEACHER},
         overrides=[*common, f"train.epochs={teacher_epochs}"],
@@ -214,69 +214,109 @@ def _demo_runs(
     log(f"=== 3/{steps} MLP student with Hinton KD from the CNN (teacher outputs cached: paid once)")
     runs["kd"] = _demo_student("student_mlp_kd", common, epochs, trials, log, method=kd_method, **teacher)
     if few is not None:
-        shared = ["data.stream_seed=0"]  # the same labelled images in every trial and both arms
-        log(f"=== 4/{steps} MLP student alone on {few.labelled:,} labelled images")
-        alone = [*shared, f"data.train_subset={few.labelled}", f"train.epochs={few.alone_epochs}"]
-        alone.append(f"train.eval_every={max(1, few.alone_epochs // 10)}")  # 1,000 images: evaluation dominates
-        runs["alone_few"] = _demo_student("few_labels_mlp", common, [*alone, f"optim.lr={few.alone_lr}"], trials, log)
-        log(f"=== 5/{steps} MLP student with KD: {few.labelled:,} labels + the teacher's outputs on every image")
-        few_kd = {"name": "kd", "temperature": few.temperature, "kd_weight": few.kd_weight}
-        runs["kd_few"] = _demo_student(
-            "few_labels_mlp_kd", common, [*shared, f"data.labelled={few.labelled}", *epochs], trials, log,
-            method={**few_kd, "ce_weight": 1 - few.kd_weight}, **teacher,
-        )  # fmt: skip
+        runs.update(_few_label_runs(common, trials, student_epochs, few, teacher, log))
     return runs
 
 
-def _gain(alone: list[dict[str, Any]], distilled: list[dict[str, Any]]) -> str:
-    """Difference of the mean test accuracies ± the pooled standard deviation of the two arms."""
-    (mean_a, std_a), (mean_d, std_d) = (
-        mean_std([s["final_test_acc"] for s in alone]),
-        mean_std([s["final_test_acc"] for s in distilled]),
+def _few_label_runs(
+    common: list[str],
+    trials: int,
+    student_epochs: int,
+    few: FewLabels,
+    teacher: dict[str, Any],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The four few-labels arms (:class:`FewLabels`), steps 4-7 of the demo."""
+    runs: dict[str, Any] = {}
+    shared = ["data.stream_seed=0"]  # the same labelled images in every trial and every arm
+    labelled_only = [*shared, f"data.train_subset={few.labelled}", f"train.epochs={few.alone_epochs}"]
+    labelled_only += [f"train.eval_every={max(1, few.alone_epochs // 10)}", f"optim.lr={few.alone_lr}"]
+    every_image = [*shared, f"data.labelled={few.labelled}", f"train.epochs={student_epochs}"]
+
+    def kd(temperature: float, weight: float, **extra: Any) -> dict[str, Any]:
+        return {"name": "kd", "temperature": temperature, "kd_weight": weight, "ce_weight": 1 - weight, **extra}
+
+    log(f"=== 4/7 MLP student alone on {few.labelled:,} labelled images")
+    runs["alone_few"] = _demo_student("few_labels_mlp", common, labelled_only, trials, log)
+    log(f"=== 5/7 MLP student with KD on the same {few.labelled:,} images only (soft targets, no extra images)")
+    runs["kd_same"] = _demo_student(
+        "few_labels_mlp_kd_same_images", common, labelled_only, trials, log,
+        method=kd(few.same_temperature, few.same_kd_weight), **teacher,
+    )  # fmt: skip
+    log(f"=== 6/7 MLP student: {few.labelled:,} labels + the teacher's hard labels (argmax) on every image")
+    runs["pseudo_few"] = _demo_student(
+        "few_labels_mlp_pseudo", common, every_image, trials, log,
+        method=kd(1.0, few.pseudo_kd_weight, hard_labels=True), **teacher,
+    )  # fmt: skip
+    log(f"=== 7/7 MLP student with KD: {few.labelled:,} labels + the teacher's soft outputs on every image")
+    runs["kd_few"] = _demo_student(
+        "few_labels_mlp_kd", common, every_image, trials, log, method=kd(few.temperature, few.kd_weight), **teacher
     )
-    pooled = ((std_a**2 + std_d**2) / 2) ** 0.5
-    return f"{mean_d - mean_a:+.2f} ± {pooled:.2f}" if len(alone) > 1 else f"{mean_d - mean_a:+.2f}"
+    return runs
 
 
-def _demo_row(setting: str, model: str, summaries: list[dict[str, Any]], gain: str = "") -> list[str]:
+def _gain(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
+    """Difference of the mean test accuracies ± its standard error, sqrt(s_a^2 / n_a + s_b^2 / n_b)."""
+    (mean_b, std_b), (mean_a, std_a) = (
+        mean_std([s["final_test_acc"] for s in before]),
+        mean_std([s["final_test_acc"] for s in after]),
+    )
+    if len(before) < 2 or len(after) < 2:
+        return f"{mean_a - mean_b:+.2f}"
+    return f"{mean_a - mean_b:+.2f} ± {(std_b**2 / len(before) + std_a**2 / len(after)) ** 0.5:.2f}"
+
+
+def _demo_row(setting: str, model: str, summaries: list[dict[str, Any]], *gains: str) -> list[str]:
     agreement = [s["final_test_agreement"] for s in summaries if "final_test_agreement" in s]
     return [
         setting, model, f"{summaries[0]['student_parameters']:,}", str(len(summaries)),
         format_mean_std([s["final_test_acc"] for s in summaries]), format_mean_std(agreement) if agreement else "-",
-        gain,
+        *gains, *[""] * (2 - len(gains)),
     ]  # fmt: skip
 
 
+FEW_LABEL_ARMS = (  # (run key, the demo table's row)
+    ("kd_same", "+ soft targets, the same {n} images"),
+    ("pseudo_few", "+ teacher's hard labels, unlabelled images"),
+    ("kd_few", "+ teacher's soft targets, unlabelled images"),
+)
+
+
 def _demo_table(runs: dict[str, Any], few: FewLabels | None) -> str:
-    """The demo's markdown table: teacher, and per setting the student alone and with KD, with the gain."""
+    """The demo's markdown table: the teacher, per setting the student alone and distilled, each arm's difference
+    to the student alone and to the row above, with its standard error."""
     rows = [
         _demo_row("all labels", "teacher CNN", [runs["teacher"]]),
         _demo_row("all labels", "student MLP alone", runs["alone"]),
         _demo_row("all labels", "student MLP + KD", runs["kd"], _gain(runs["alone"], runs["kd"])),
     ]
     if few is not None:
-        setting = f"{few.labelled:,} labels + unlabelled"
-        rows += [
-            _demo_row(setting, f"student MLP alone ({few.labelled:,} images)", runs["alone_few"]),
-            _demo_row(setting, "student MLP + KD", runs["kd_few"], _gain(runs["alone_few"], runs["kd_few"])),
-        ]
-    headers = ["setting", "model", "parameters", "trials", "test acc %", "teacher agreement %", "KD gain (pp)"]
-    return markdown_table(headers, rows)
+        setting = f"{few.labelled:,} labels"
+        rows.append(_demo_row(setting, f"student MLP alone ({few.labelled:,} images)", runs["alone_few"]))
+        above = runs["alone_few"]
+        for key, label in FEW_LABEL_ARMS:
+            step = _gain(above, runs[key]) if above is not runs["alone_few"] else ""
+            name = label.format(n=f"{few.labelled:,}")
+            rows.append(_demo_row(setting, name, runs[key], _gain(runs["alone_few"], runs[key]), step))
+            above = runs[key]
+    headers = ["setting", "model", "parameters", "trials", "test acc %", "teacher agreement %"]
+    return markdown_table([*headers, "vs alone (pp)", "vs row above (pp)"], rows)
 
 
 def _demo_note(few: FewLabels | None, teacher_epochs: int, student_epochs: int, kd: dict[str, float]) -> str:
     note = (
-        f"Fashion-MNIST test accuracy of the last epoch, mean ± sample std over seeds; KD gain = difference of the "
-        f"means ± pooled std. Teacher {teacher_epochs} epochs; students {student_epochs} epochs, KD T="
+        f"Fashion-MNIST test accuracy of the last epoch, mean ± sample std over seeds; differences of the means ± "
+        f"their standard error. Teacher {teacher_epochs} epochs; students {student_epochs} epochs, KD T="
         f"{kd['temperature']:g}, lambda={kd['kd_weight']:g}."
     )
     if few is not None:
         note += (
-            f" Few labels: {few.labelled:,} labelled training images (the same ones in every trial: only the "
-            f"initialisation varies); the student alone trains on them ({few.alone_epochs} epochs, lr {few.alone_lr:g})"
-            f", the distilled student also sees the teacher's outputs on the unlabelled rest (T={few.temperature:g}, "
-            f"lambda={few.kd_weight:g}). Settings chosen on validation accuracy, with a 4-epoch teacher and 10-epoch "
-            f"distilled students (docs/results.md)."
+            f" Few labels: {few.labelled:,} labelled training images (the same ones in every trial and arm: only the "
+            f"initialisation varies). On them alone ({few.alone_epochs} epochs, lr {few.alone_lr:g}): the student "
+            f"alone, and KD (T={few.same_temperature:g}, lambda={few.same_kd_weight:g}). On every image "
+            f"({student_epochs} epochs): the teacher's argmax as the label of the rest (lambda="
+            f"{few.pseudo_kd_weight:g}), and KD (T={few.temperature:g}, lambda={few.kd_weight:g}). Settings chosen "
+            f"on validation accuracy, with a 4-epoch teacher and 10-epoch students on every image (docs/results.md)."
         )
     return note
 
@@ -307,10 +347,13 @@ def demo(
     table = _demo_table(runs, few_labels)
     wall = time.time() - started
     note = _demo_note(few_labels, teacher_epochs, student_epochs, kd) + f" Wall time {wall:.0f} s."
-    students = [s["run_dir"] for arm in ("alone", "kd", "alone_few", "kd_few") for s in runs.get(arm, [])]
+    panels = {"all labels: MLP student alone vs KD": [s["run_dir"] for arm in ("alone", "kd") for s in runs[arm]]}
+    if few_labels is not None:
+        arms = ("alone_few", *(key for key, _ in FEW_LABEL_ARMS))
+        panels[f"{few_labels.labelled:,} labels: what each arm adds"] = [s["run_dir"] for a in arms for s in runs[a]]
     plot = plot_metric(
-        students, "test_acc", out / "demo_test_acc.png", "Fashion-MNIST: MLP student alone vs KD",
-        references={"teacher CNN": runs["teacher"]["final_test_acc"]},
+        panels, "test_acc", out / "demo_test_acc.png", references={"teacher CNN": runs["teacher"]["final_test_acc"]},
+        x="step",
     )  # fmt: skip
     (out / "demo.md").write_text(f"{table}\n\n{note}\n")
     log("\n" + table + "\n\n" + note + f"\nRun directories under {out}/; plot: {plot}")

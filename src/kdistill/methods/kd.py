@@ -39,6 +39,13 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return kl * temperature**2
 
 
+def hard_label_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Cross-entropy with the teacher's predicted class as the label, averaged over the batch: pseudo-labelling
+    (Lee, ICML 2013 workshop) and the hard-label distillation of DeiT (Touvron et al., arXiv:2012.12877, eq. 3).
+    Ties go to the lowest class index (``argmax``)."""
+    return F.cross_entropy(student_logits, teacher_logits.argmax(dim=1))
+
+
 def ensemble_kd_loss(student_logits: Tensor, teacher_logits: list[Tensor], temperature: float) -> Tensor:
     """Multi-teacher KD with averaged teacher predictions (AVEG, as in the SimKD paper's Table 6):
 
@@ -55,23 +62,29 @@ class KDConfig(MethodConfig):
     """Defaults are RepDistiller / mdistiller's CIFAR-100 ones (CE 0.1 + KL 0.9, T 4).
 
     ``logit_standardization``: z-score each sample's logits before the softmax (:func:`standardize_logits`);
-    ``temperature`` is then the paper's base temperature (its CIFAR-100 runs: T 2, kd_weight 9, ce_weight 0.1)."""
+    ``temperature`` is then the paper's base temperature (its CIFAR-100 runs: T 2, kd_weight 9, ce_weight 0.1).
+    ``hard_labels``: distil the teacher's argmax instead of its softened distribution, ``kd_weight * CE(student,
+    argmax teacher)`` (:func:`hard_label_loss`: pseudo-labelling; DeiT's hard-label distillation); no temperature."""
 
     temperature: float = 4.0
     ce_weight: float = 0.1
     kd_weight: float = 0.9
     logit_standardization: bool = False
+    hard_labels: bool = False
 
     def problems(self) -> list[str]:
         found = super().problems()
         if not any((self.ce_weight, self.kd_weight)):
             found.append("ce_weight and kd_weight are all 0: the student would learn nothing")
+        if self.hard_labels and self.logit_standardization:
+            found.append("hard_labels and logit_standardization: the argmax ignores standardisation; choose one")
         return found
 
 
 @register_method("kd")
 class KD(Method[KDConfig]):
-    """``ce_weight * CE(student, labels) + kd_weight * T^2 * KL(teacher_T || student_T)``."""
+    """``ce_weight * CE(student, labels) + kd_weight * T^2 * KL(teacher_T || student_T)`` (with ``hard_labels``:
+    ``kd_weight * CE(student, argmax teacher)`` in place of the KL)."""
 
     # several teachers: distil from their probabilities averaged at T (AVEG)
     traits = MethodTraits(kind="response", max_teachers=None, teacher_logits_only=True, partial_labels=True)
@@ -96,11 +109,13 @@ class KD(Method[KDConfig]):
         student_logits = self.student(batch.inputs)  # (B, K)
         distilled = standardize_logits(student_logits.float()) if self.config.logit_standardization else student_logits
         temperature = self.config.temperature
-        distillation = (
-            kd_loss(distilled, teacher_logits[0], temperature)
-            if len(teacher_logits) == 1
-            else ensemble_kd_loss(distilled, teacher_logits, temperature)
-        )
+        if self.config.hard_labels:  # several teachers: the argmax of their mean probabilities
+            probabilities = torch.stack([F.softmax(logits, dim=1) for logits in teacher_logits]).mean(0)  # (B, K)
+            distillation = hard_label_loss(student_logits, probabilities)
+        elif len(teacher_logits) == 1:
+            distillation = kd_loss(distilled, teacher_logits[0], temperature)
+        else:
+            distillation = ensemble_kd_loss(distilled, teacher_logits, temperature)
         losses = {"kd": self.config.kd_weight * distillation}
         if self.config.ce_weight:
             losses["ce"] = self.config.ce_weight * cross_entropy_loss(student_logits, batch.targets)

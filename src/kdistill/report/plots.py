@@ -4,7 +4,8 @@ process, e.g. from a sweep).
 Every function saves one PNG and returns a :class:`Plot` with its path and the matplotlib ``Figure``, so callers
 (and tests) can read the axes, series and plotted data back:
 
-- :func:`plot_curves`: a metric per epoch, one line per group (mean over its trials) with a ± std band;
+- :func:`plot_curves`: a metric per epoch, one line per group (mean over its trials) with a ± std band
+  (:func:`plot_curve_panels`: one such panel per setting, side by side);
 - :func:`plot_swept`: a swept parameter against top-1 and top-5 test accuracy (seed 003's learning-rate figure);
 - :func:`plot_pruning`: test accuracy against the pruning ratio, one point per group (SimKD, Figure 6);
 - :func:`plot_tsne`: t-SNE maps of teacher and student features, coloured by class (SimKD, Figure S.2);
@@ -82,17 +83,45 @@ def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
-def epoch_statistics(trials: Trials, metric: str) -> tuple[list[int], list[float], list[float], list[int]]:
-    """Epochs where ``metric`` was logged, its mean and sample std over the trials there, and how many trials."""
-    epochs = sorted({int(r["epoch"]) for trial in trials for r in trial if r.get(metric) is not None})
+def epoch_statistics(
+    trials: Trials, metric: str, x: str = "epoch"
+) -> tuple[list[int], list[float], list[float], list[int]]:
+    """Values of ``x`` (``epoch`` or ``step``) where ``metric`` was logged, its mean and sample std over the trials
+    there, and how many trials."""
+    xs = sorted({int(r[x]) for trial in trials for r in trial if r.get(metric) is not None})
     means, stds, counts = [], [], []
-    for epoch in epochs:
-        values = [r[metric] for trial in trials for r in trial if r["epoch"] == epoch and r.get(metric) is not None]
+    for position in xs:
+        values = [r[metric] for trial in trials for r in trial if r[x] == position and r.get(metric) is not None]
         mean, std = mean_std(values)
         means.append(mean)
         stds.append(std)
         counts.append(len(values))
-    return epochs, means, stds, counts
+    return xs, means, stds, counts
+
+
+X_LABELS = {"epoch": "epoch", "step": "optimizer step"}
+
+
+def _draw_curves(
+    axis: Axes, groups: Mapping[str, Trials], metric: str, x: str, references: Mapping[str, float] | None
+) -> None:
+    for label, trials in groups.items():
+        xs, means, stds, counts = epoch_statistics(trials, metric, x)
+        if not xs:
+            continue
+        (line,) = axis.plot(xs, means, marker="o", markersize=3, label=label)
+        if max(counts) > 1:
+            low = [m - s for m, s in zip(means, stds)]
+            high = [m + s for m, s in zip(means, stds)]
+            axis.fill_between(xs, low, high, alpha=0.2, color=line.get_color())
+    for label, value in (references or {}).items():
+        axis.axhline(value, linestyle="--", color="grey", label=f"{label} ({value:.2f})")
+    axis.set_xlabel(X_LABELS.get(x, x))
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylabel(metric_label(metric))
+    axis.grid(alpha=0.3)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8)
 
 
 def plot_curves(
@@ -101,45 +130,48 @@ def plot_curves(
     path: str | Path,
     title: str = "",
     references: Mapping[str, float] | None = None,
+    x: str = "epoch",
 ) -> Plot:
-    """``metric`` per epoch, one line per group (mean over its trials; band = ± sample std where more than one
-    trial logged it); ``references`` draws labelled dashed horizontal lines (e.g. the teacher's accuracy)."""
-    figure, (axis,) = new_figure(6.5, 4.2)
-    for label, trials in groups.items():
-        epochs, means, stds, counts = epoch_statistics(trials, metric)
-        if not epochs:
-            continue
-        (line,) = axis.plot(epochs, means, marker="o", markersize=3, label=label)
-        if max(counts) > 1:
-            low = [m - s for m, s in zip(means, stds)]
-            high = [m + s for m, s in zip(means, stds)]
-            axis.fill_between(epochs, low, high, alpha=0.2, color=line.get_color())
-    for label, value in (references or {}).items():
-        axis.axhline(value, linestyle="--", color="grey", label=f"{label} ({value:.2f})")
-    axis.set_xlabel("epoch")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_ylabel(metric_label(metric))
-    axis.set_title(title or f"{metric_label(metric)} per epoch (mean ± std over trials)")
-    axis.grid(alpha=0.3)
-    if axis.get_legend_handles_labels()[0]:
-        axis.legend(fontsize=8)
+    """``metric`` per epoch (or ``x="step"``), one line per group (mean over its trials; band = ± sample std where
+    more than one trial logged it); ``references`` draws labelled dashed horizontal lines (e.g. the teacher's)."""
+    title = title or f"{metric_label(metric)} per epoch (mean ± std over trials)"
+    return plot_curve_panels({title: groups}, metric, path, references, x)
+
+
+def plot_curve_panels(
+    panels: Mapping[str, Mapping[str, Trials]],
+    metric: str,
+    path: str | Path,
+    references: Mapping[str, float] | None = None,
+    x: str = "epoch",
+) -> Plot:
+    """One :func:`plot_curves` panel per entry of ``panels`` (title -> groups), side by side, each with its own x
+    axis (settings of very different lengths stay readable) and the same ``references``."""
+    figure, axes = new_figure(6.5 if len(panels) == 1 else 5.5 * len(panels), 4.2, len(panels))
+    for axis, (title, groups) in zip(axes, panels.items()):
+        _draw_curves(axis, groups, metric, x, references)
+        axis.set_title(title)
     return save(figure, path)
 
 
 def plot_metric(
-    run_dirs: Sequence[str | Path],
+    run_dirs: Sequence[str | Path] | Mapping[str, Sequence[str | Path]],
     metric: str,
     path: str | Path,
     title: str = "",
     references: dict[str, float] | None = None,
+    x: str = "epoch",
 ) -> Path:
-    """Plot ``metric`` per epoch for each experiment (runs grouped by name without ``-seedN``; mean over its
-    trials, band = ± std); ``references`` draws labelled horizontal lines. Returns the PNG's path."""
-    groups: dict[str, list[list[dict[str, Any]]]] = {}
-    for run_dir in run_dirs:
-        name = experiment_name(read_summary(run_dir)["name"])
-        groups.setdefault(name, []).append(read_metrics(run_dir))
-    return plot_curves(groups, metric, path, title or metric, references).path
+    """Plot ``metric`` per epoch (or ``x="step"``) for each experiment (runs grouped by name without ``-seedN``; mean
+    over its trials, band = ± std); ``references`` draws labelled horizontal lines. ``run_dirs`` as a mapping (panel
+    title -> run directories) draws one panel each. Returns the PNG's path."""
+    panels = run_dirs if isinstance(run_dirs, Mapping) else {title or metric: run_dirs}
+    grouped: dict[str, dict[str, list[list[dict[str, Any]]]]] = {}
+    for panel, directories in panels.items():
+        groups = grouped.setdefault(panel, {})
+        for run_dir in directories:
+            groups.setdefault(experiment_name(read_summary(run_dir)["name"]), []).append(read_metrics(run_dir))
+    return plot_curve_panels(grouped, metric, path, references, x).path
 
 
 def log_scale_wanted(values: Sequence[float]) -> bool:
