@@ -15,6 +15,12 @@ INPUT_SHAPE = (1, 16, 16)
 INFO = DataInfo(num_classes=5, input_shape=INPUT_SHAPE, num_train=64, batch_size=8)
 TEACHER = ModelConfig(name="cnn", kwargs={"channels": [8, 16], "padding": 1, "batch_norm": True, "head": "avg"})
 STUDENT = ModelConfig(name="cnn", kwargs={"channels": [4, 8], "padding": 1, "batch_norm": True, "head": "avg"})
+# methods that need another kind of student: deit teaches a ViT's distillation token
+STUDENTS = {
+    "deit": ModelConfig(
+        name="vit", kwargs={"patch_size": 4, "depth": 2, "width": 16, "heads": 2, "distillation_token": True}
+    )
+}
 
 
 def make_batch(size: int = 8) -> Batch:
@@ -27,11 +33,12 @@ def make_batch(size: int = 8) -> Batch:
 
 
 def fresh_method(name: str) -> Method:
-    """``name`` with its default config on freshly seeded TEACHER (when it takes one) and STUDENT, in training mode."""
+    """``name`` with its default config on freshly seeded TEACHER (when it takes one) and STUDENT (or the method's
+    own in STUDENTS), in training mode."""
     torch.manual_seed(0)
     method_cls = METHODS.get(name)
     teachers = [build_model(TEACHER, INFO.num_classes, INPUT_SHAPE)] if method_cls.traits.needs_teacher else []
-    student = build_model(STUDENT, INFO.num_classes, INPUT_SHAPE)
+    student = build_model(STUDENTS.get(name, STUDENT), INFO.num_classes, INPUT_SHAPE)
     method = method_cls(student, teachers, method_cls.config_class(), INFO)
     method.train()
     return method

@@ -12,6 +12,7 @@ from kdistill.models import (  # registrations
     shufflenet,
     simple,
     vgg,
+    vit,
     wrn,
 )
 from kdistill.models.builder import build_model
@@ -40,5 +41,6 @@ __all__ = [
     "shufflenet",
     "simple",
     "vgg",
+    "vit",
     "wrn",
 ]

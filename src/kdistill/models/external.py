@@ -81,7 +81,9 @@ class _TimmNetwork(Protocol):
 
     def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]: ...
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor: ...
+    def forward_features(self, x: Tensor) -> Tensor: ...
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]: ...
 
 
 def _timm_network(model: nn.Module) -> _TimmNetwork:
@@ -89,7 +91,27 @@ def _timm_network(model: nn.Module) -> _TimmNetwork:
     return cast(_TimmNetwork, model)
 
 
-TIMM_HEAD_MODULES = ("global_pool", "attn_pool", "fc_norm", "head_drop", "head", "fc", "classifier", "head_hidden")
+TIMM_HEAD_MODULES = (
+    "global_pool",
+    "attn_pool",
+    "fc_norm",
+    "head_drop",
+    "head",
+    "head_dist",
+    "fc",
+    "classifier",
+    "head_hidden",
+)
+
+
+def _averaged_heads(output: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    """Logits (B, K) of a timm model's output: a distilled model (DeiT's ``VisionTransformerDistilled`` after
+    ``set_distilled_training(True)``) returns (class logits, distillation logits) in training mode, which become
+    their mean, as DeiT predicts at inference (and as the model itself returns in eval mode)."""
+    if isinstance(output, tuple):
+        class_logits, distillation_logits = output
+        return (class_logits + distillation_logits) / 2
+    return output
 
 
 class TimmHead(nn.Module):
@@ -102,13 +124,13 @@ class TimmHead(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         # a plain attribute: not a submodule
-        self._forward_head: Callable[..., Tensor] = _timm_network(model).forward_head
+        self._forward_head: Callable[..., Tensor | tuple[Tensor, Tensor]] = _timm_network(model).forward_head
         for name, child in model.named_children():
             if name in TIMM_HEAD_MODULES:
                 self.add_module(name, child)
 
     def forward(self, feature_map: Tensor) -> Tensor:
-        return self._forward_head(feature_map)
+        return _averaged_heads(self._forward_head(feature_map))
 
 
 class TimmModel(TappedModel):
@@ -118,6 +140,10 @@ class TimmModel(TappedModel):
     replaced by the final map ``forward_head`` consumes (after the final norm, e.g. BiT's pre-activation
     norm + ReLU); embedding = ``forward_head(pre_logits=True)``; logits = ``forward_head``. With
     head dropout in training mode, the embedding and logits use separate dropout draws.
+
+    A distilled DeiT (``timm:deit_*_distilled_*``) has two heads: ``forward`` and the logits are their mean in every
+    mode (even after timm's ``set_distilled_training(True)``, which makes the timm model return both in training),
+    and ``forward_heads`` gives them apart for the ``deit`` method.
     """
 
     def __init__(self, model: nn.Module, name: str) -> None:
@@ -137,12 +163,26 @@ class TimmModel(TappedModel):
             stages[-1] = final  # the last stage's output after the final norm: what the head pools
         else:
             stages.append(final)
-        embedding = network.forward_head(final, pre_logits=True)
-        logits = network.forward_head(final)
+        embedding = _averaged_heads(network.forward_head(final, pre_logits=True))
+        logits = _averaged_heads(network.forward_head(final))
         return Features(stages=stages, embedding=embedding, logits=logits)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        return _averaged_heads(self.model(x))
+
+    @property
+    def has_distillation_token(self) -> bool:
+        """Whether the model is a distilled DeiT: a distillation token (``dist_token``) with its own head."""
+        return isinstance(getattr(self.model, "dist_token", None), nn.Parameter) and hasattr(self.model, "head_dist")
+
+    def forward_heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(class head logits, distillation head logits), each (B, K), of a distilled DeiT in any mode: the heads of
+        timm's ``VisionTransformerDistilled.forward_head`` on tokens 0 and 1 of its normalised token sequence."""
+        if not self.has_distillation_token:
+            raise ConfigError(f"timm:{self.timm_name} has no distillation token; use a timm:deit_*_distilled_* model")
+        tokens = _timm_network(self.model).forward_features(x)  # (B, T, D) after the final norm
+        drop, head, head_dist = (self.model.get_submodule(name) for name in ("head_drop", "head", "head_dist"))
+        return head(drop(tokens[:, 0])), head_dist(drop(tokens[:, 1]))
 
     def classifier_head(self) -> nn.Module:
         return TimmHead(self.model)
