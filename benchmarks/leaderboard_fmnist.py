@@ -1,0 +1,214 @@
+"""The equal-tuning leaderboard: every method gets the same Optuna TPE budget on one Fashion-MNIST pair.
+
+Published comparisons tune the proposed method and run the baselines at their defaults. Here the student alone, KD and
+the other methods (logit, feature and relation kinds; DML online, BYOT self-distillation) each get ``--points``
+TPE points over their own loss weight(s), their temperature where they have one, and the learning rate, ranked on
+validation accuracy by ``kdistill sweep --search --prune`` (the same median pruning rule for every method); the
+chosen point is written to ``configs/fashion_mnist/leaderboard/<method>.yaml`` and rerun with ``--seeds`` seeds.
+The table ranks by test accuracy with each method's difference to the student alone and to KD (± its standard
+error), the wall time per run and the search's cost. Every command it runs is printed (and each chosen config's
+header holds its sweep command): they are the documentation.
+
+    python benchmarks/leaderboard_fmnist.py --out runs/leaderboard --table docs/results/leaderboard_fmnist.md
+
+Run it again to continue: finished sweep points and finished final runs are not repeated. The teacher is
+``runs/fmnist_teacher_cnn`` (``kdistill train --config configs/fashion_mnist/ce_cnn.yaml``), trained first if missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdistill.report.tables import format_mean_std, markdown_table, mean_std
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "configs/fashion_mnist/leaderboard.yaml"
+CHOSEN = ROOT / "configs/fashion_mnist/leaderboard"
+TEACHER = "runs/fmnist_teacher_cnn"
+LR = "optim.lr=loguniform:0.005:0.2"
+TEMPERATURE = "method.temperature=choice:1,2,4,8"
+CONTINUED = " \\"  # a shell line continuation in a config's header
+
+
+def _feature(weight: float) -> list[str]:
+    """A feature or relation method: CE + kd_weight * KD + weight * its loss (weight within 100x of its default)."""
+    return [f"method.weight=loguniform:{weight / 10:g}:{weight * 10:g}", "method.kd_weight=uniform:0:1", TEMPERATURE]
+
+
+# method -> (kind, searched --param specs besides the lr, fixed --set overrides)
+METHODS: dict[str, tuple[str, list[str], list[str]]] = {
+    "ce": ("student alone", [], []),
+    "kd": ("logit", [TEMPERATURE, "method.kd_weight=uniform:0.1:1", "method.ce_weight=uniform:0:1"], []),
+    "dkd": ("logit", [TEMPERATURE, "method.alpha=loguniform:0.1:10", "method.beta=loguniform:0.5:16"],
+            ["method.warmup_epochs=1"]),  # the reference warms up 20 of 240 epochs; here about 1 of 12
+    "dist": ("logit", [TEMPERATURE, "method.dist_weight=loguniform:0.2:8"], []),
+    "fitnet": ("feature", _feature(100.0), []),
+    "at": ("feature", _feature(1000.0), []),
+    "nst": ("feature", _feature(50.0), []),
+    "vid": ("feature", _feature(1.0), []),
+    "crd": ("feature", _feature(0.8), ["method.num_negatives=1024"]),  # 16,384 negatives: 0.5 GB a step on a CPU
+    "sp": ("relation", _feature(3000.0), []),
+    "rkd": ("relation", _feature(1.0), []),
+    "pkt": ("relation", _feature(30000.0), []),
+    "cc": ("relation", _feature(0.02), []),
+    "dml": ("online (2 peers, no teacher)", ["method.temperature=choice:1,2,4,8", "method.kl_weight=loguniform:0.1:10"],
+            []),
+    "byot": ("self (no teacher)", ["method.temperature=choice:1,2,4,8", "method.alpha=uniform:0:0.9",
+                                  "method.feature_weight=loguniform:1e-6:1e-2"], []),
+}  # fmt: skip
+NO_TEACHER = {"ce", "dml", "byot"}
+
+
+def run(command: list[str]) -> None:
+    print("$ " + shlex.join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def sweep_command(method: str, out: Path, points: int, workers: int) -> list[str]:
+    _, params, fixed = METHODS[method]
+    command = ["kdistill", "sweep", str(BASE.relative_to(ROOT)), "--search", "--n-trials", str(points), "--prune"]
+    command += ["--workers", str(workers), "--out", str(out / "sweeps" / method), "--set", f"method.name={method}"]
+    if method not in NO_TEACHER:
+        command += ["--set", f"teacher.checkpoint={TEACHER}"]
+    for setting in fixed:
+        command += ["--set", setting]
+    for param in [*params, LR]:
+        command += ["--param", param]
+    return command
+
+
+def chosen_point(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's best point by validation accuracy (points.csv is ranked best first), its values parsed."""
+    with (sweep_dir / "points.csv").open() as handle:
+        reader = csv.DictReader(handle)
+        best = next(row for row in reader if row["objective"])
+        fields = list(reader.fieldnames or [])
+    keys = fields[fields.index("point") + 1 : fields.index("objective")]  # the swept config keys
+    return {"values": {key: yaml.safe_load(best[key]) for key in keys}, "val_acc": float(best["objective"])}
+
+
+def write_chosen(
+    method: str, command: list[str], point: dict[str, Any], summaries: list[dict[str, Any]] | None = None
+) -> Path:
+    """configs/fashion_mnist/leaderboard/<method>.yaml: the base config with the chosen point (and, once the seeds
+    ran, their test accuracy in the header)."""
+    config = yaml.safe_load(BASE.read_text())
+    config["name"] = f"leaderboard_{method}"
+    config["method"] = {"name": method}
+    if method not in NO_TEACHER:
+        config["teacher"] = {"checkpoint": TEACHER}
+    for setting in METHODS[method][2]:
+        key, value = setting.split("=", 1)
+        config["method"][key.split(".", 1)[1]] = yaml.safe_load(value)
+    for key, value in point["values"].items():
+        section, name = key.split(".", 1)
+        config.setdefault(section, {})[name] = round(value, 6) if isinstance(value, float) else value
+    wrapped = textwrap.wrap(shlex.join(command), 112, break_long_words=False, break_on_hyphens=False)
+    measured = (
+        f"# Measured: {format_mean_std([s['final_test_acc'] for s in summaries])}% test, {len(summaries)} seeds.\n"
+        if summaries
+        else ""
+    )
+    header = (
+        f"# kdistill {'train' if method in NO_TEACHER else 'distill'} --config "
+        f"configs/fashion_mnist/leaderboard/{method}.yaml --trials 3\n"
+        f"# The equal-tuning leaderboard's {method} (docs/results.md, section 8): the point of\n"
+        + "".join(f"#   {line}{CONTINUED if i < len(wrapped) - 1 else ''}\n" for i, line in enumerate(wrapped))
+        + f"# with the best mean validation accuracy ({point['val_acc']:.2f}%), chosen by "
+        "benchmarks/leaderboard_fmnist.py.\n" + measured
+    )
+    path = CHOSEN / f"{method}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=120))
+    return path
+
+
+def final_runs(method: str, config: Path, out: Path, seeds: int) -> list[dict[str, Any]]:
+    directory = out / "final"
+    done = [directory / f"leaderboard_{method}-seed{seed}" / "summary.json" for seed in range(seeds)]
+    if not all(path.is_file() for path in done):
+        verb = "train" if method in NO_TEACHER else "distill"
+        run(["kdistill", verb, "--config", str(config.relative_to(ROOT)), "--trials", str(seeds),
+             "--set", f"output_dir={directory}", "--set", "train.progress=false"])  # fmt: skip
+    return [json.loads(path.read_text()) for path in done]
+
+
+def search_seconds(sweep_dir: Path) -> float:
+    return sum(json.loads(path.read_text())["wall_time_s"] for path in sweep_dir.glob("runs/*/summary.json"))
+
+
+def difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """mean(b) - mean(a) and its standard error sqrt(s_a^2 / n_a + s_b^2 / n_b)."""
+    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
+    return mean_b - mean_a, (std_a**2 / len(a) + std_b**2 / len(b)) ** 0.5
+
+
+def shown(a: list[float], b: list[float]) -> str:
+    delta, error = difference(a, b)
+    noise = " (noise)" if abs(delta) < 2 * error else ""
+    return f"{delta:+.2f} ± {error:.2f}{noise}"
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    accuracy = {method: [s["final_test_acc"] for s in r["summaries"]] for method, r in results.items()}
+    ranked = sorted(results, key=lambda method: -mean_std(accuracy[method])[0])
+    rows = []
+    for rank, method in enumerate(ranked, 1):
+        result = results[method]
+        settings = ", ".join(
+            f"{key.split('.', 1)[1]} {value:.3g}" if isinstance(value, float) else f"{key.split('.', 1)[1]} {value}"
+            for key, value in result["point"]["values"].items()
+        )
+        wall = mean_std([s["wall_time_s"] for s in result["summaries"]])[0]
+        rows.append([
+            rank, method, METHODS[method][0], format_mean_std(accuracy[method]),
+            "-" if method == "ce" else shown(accuracy["ce"], accuracy[method]),
+            "-" if method == "kd" else shown(accuracy["kd"], accuracy[method]),
+            f"{result['point']['val_acc']:.2f}", f"{wall:.0f}", f"{result['search_s'] / 60:.1f}", settings,
+        ])  # fmt: skip
+    headers = ["rank", "method", "kind", "test acc % (3 seeds)", "vs alone (pp)", "vs KD (pp)", "chosen val acc %",
+               "s / run", "search (min)", "chosen settings"]  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/leaderboard")
+    parser.add_argument("--table", default="docs/results/leaderboard_fmnist.md")
+    parser.add_argument("--points", type=int, default=10, help="TPE points per method (the same for every method)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the chosen point's rerun")
+    parser.add_argument("--workers", type=int, default=2, help="sweep worker processes")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    args = parser.parse_args()
+    out = Path(args.out)
+    if not (ROOT / TEACHER / "summary.json").is_file():
+        run(["kdistill", "train", "--config", "configs/fashion_mnist/ce_cnn.yaml"])
+    results: dict[str, dict[str, Any]] = {}
+    for method in args.methods:
+        command = sweep_command(method, out, args.points, args.workers)
+        run(command)
+        point = chosen_point(out / "sweeps" / method)
+        config = write_chosen(method, command, point)
+        summaries = final_runs(method, config, out, args.seeds)
+        write_chosen(method, command, point, summaries)
+        results[method] = {"point": point, "summaries": summaries, "search_s": search_seconds(out / "sweeps" / method)}
+        print(f"{method}: test {format_mean_std([s['final_test_acc'] for s in summaries])}", flush=True)
+    text = table(results)
+    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.table).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
