@@ -12,14 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from torch import nn
 
 from kdistill.api import compress
 from kdistill.compress.budget import parse_budget
-from kdistill.compress.search import CANDIDATE, RUNG, CompressSpec, Meter, load_study
+from kdistill.compress.search import CANDIDATE, RUNG, CompressSpec, Meter, SearchStudies, load_studies
 from kdistill.compress.space import parse_space
 from kdistill.config import load_config
 from kdistill.contracts import ConfigError, DataInfo
@@ -137,9 +136,8 @@ def test_a_final_student_whose_artefact_misses_the_budget_is_reported_as_missing
     assert "MISSES the budget" in (tmp_path / "out" / "compress.md").read_text()
 
 
-def _finished_runs(study: optuna.Study) -> list[tuple[str, int]]:
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return [(t.user_attrs[CANDIDATE], t.user_attrs[RUNG]) for t in done]
+def _finished_runs(studies: SearchStudies) -> list[tuple[str, int]]:
+    return [(t.user_attrs[CANDIDATE], t.user_attrs[RUNG]) for t in studies.completed()]
 
 
 def test_two_search_workers_share_one_study_and_run_each_candidate_rung_once(tmp_path, digits_teacher):
@@ -150,11 +148,15 @@ def test_two_search_workers_share_one_study_and_run_each_candidate_rung_once(tmp
     )  # fmt: skip
     spec = CompressSpec(load_config(overrides=base(tmp_path, digits_teacher)), parse_budget(["params=0.1x"]),
                         parse_space({"families": {"mlp": {"layers": [1], "width": [8]}}}), out)  # fmt: skip
-    study = load_study(spec)
-    finished = _finished_runs(study)
+    studies = load_studies(spec)
+    finished = _finished_runs(studies)
     assert len(finished) == len(set(finished)) and len({name for name, _ in finished}) >= 4
+    assert {rung for _, rung in finished} == {0, 1} and all(  # first rungs sampled, later ones replayed apart
+        t.user_attrs[RUNG] > 0 for t in studies.promotions.trials
+    )
+    everything = studies.sampling.trials + studies.promotions.trials
     owners = {
-        pid for _, pid in (t.user_attrs["compress.owner"] for t in study.trials if "compress.owner" in t.user_attrs)
+        pid for _, pid in (t.user_attrs["compress.owner"] for t in everything if "compress.owner" in t.user_attrs)
     }
     # the spawned workers ran the trials, not this process; how many of the two got one is a race (a worker that
     # starts late, on a loaded machine, may find all four candidates taken), so it is not asserted
@@ -175,18 +177,18 @@ def test_a_killed_search_continues_without_repeating_a_finished_run(tmp_path, di
     first = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and first.poll() is None:
-        if (out / "study.db").exists() and len(_finished_runs(load_study(spec))) >= 2:
+        if (out / "study.db").exists() and len(_finished_runs(load_studies(spec))) >= 2:
             break  # two runs told to the study: kill it during the next one
         time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    before = _finished_runs(load_study(spec))
+    before = _finished_runs(load_studies(spec))
     assert len(before) >= 2, first.stderr.read().decode() if first.stderr else ""
     summaries = [out / "runs" / f"{name}-r{rung}" / "summary.json" for name, rung in before]
     stamps = {path: path.stat().st_mtime_ns for path in summaries}
     again = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    after = _finished_runs(load_study(spec))
+    after = _finished_runs(load_studies(spec))
     assert len(after) == len(set(after)) and set(before) <= set(after)  # each run once, the old ones kept
     assert all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())  # and not trained again
     assert json.loads((out / "summary.json").read_text())["final"]["meets_budget"]

@@ -12,6 +12,7 @@ from kdistill.compress.budget import Budget, Limit, parse_budget, parse_limit
 from kdistill.compress.search import (
     CANDIDATE,
     RUNG,
+    SearchStudies,
     crowding_distances,
     next_promotion,
     pareto_ranks,
@@ -130,7 +131,8 @@ def test_pareto_ranks_sort_accuracy_up_and_cost_down_into_layers():
 
 
 def test_promotion_takes_the_cheap_end_of_the_trade_off_not_only_the_most_accurate():
-    study = optuna.create_study(directions=["maximize", "minimize"])
+    studies = SearchStudies(*(optuna.create_study(directions=["maximize", "minimize"]) for _ in range(2)))
+    study = studies.sampling
     rung0 = [(91.0, 0.9), (90.5, 0.8), (90.2, 0.85), (88.0, 0.1), (86.0, 0.12), (85.0, 0.5)]
     for number, (accuracy, cost) in enumerate(rung0):
         study.add_trial(
@@ -142,11 +144,11 @@ def test_promotion_takes_the_cheap_end_of_the_trade_off_not_only_the_most_accura
     spec = SimpleNamespace(space=SimpleNamespace(eta=3))  # top 6 // 3 = 2 promoted
     promoted = []
     for _ in range(2):
-        params, attrs = next_promotion(spec, study, [2, 6, 18])
+        params, attrs = next_promotion(spec, studies, [2, 6, 18])
         promoted.append(attrs[CANDIDATE])
-        study.enqueue_trial(params, user_attrs=attrs)
+        studies.promotions.enqueue_trial(params, user_attrs=attrs)
     # the front is c0, c1, c3; its ends go first: the most accurate (c0) and the cheapest (c3), not the runner-up c1
-    assert sorted(promoted) == ["c0", "c3"] and next_promotion(spec, study, [2, 6, 18]) is None
+    assert sorted(promoted) == ["c0", "c3"] and next_promotion(spec, studies, [2, 6, 18]) is None
     assert pareto_ranks(rung0) == [0, 0, 1, 0, 1, 2]  # (85, 0.5) is beaten by (86, 0.12)
     assert promotion_order(rung0)[:3] in ([0, 3, 1], [3, 0, 1])
 

@@ -18,10 +18,10 @@ from kdistill.compress.search import (
     Log,
     Meter,
     Screen,
+    SearchStudies,
     best_candidate,
     candidates,
     check_spec,
-    completed,
     finish,
     primary_value,
     run_search,
@@ -48,18 +48,20 @@ def compress(spec: CompressSpec, log: Log = print) -> dict[str, Any]:
     atomic_write_text(json.dumps(record, indent=1), spec.out_dir / "teacher.json")
     screen = Screen(spec, meter, info)
     screen.run(spec, log)
-    study = run_search(spec, screen, log, spec.workers)
-    table = candidates(spec, study, screen)
+    studies = run_search(spec, screen, log, spec.workers)
+    table = candidates(spec, studies, screen)
     final = finish(spec, best_candidate(table), meter, screen, data, log)
-    summary = _summary(spec, study, screen, table, final, relative)
+    summary = _summary(spec, studies, screen, table, final, relative)
     summary["wall_minutes"] = (time.perf_counter() - started) / 60
     write_outputs(spec, summary, table, meter.teacher)
     log(f"report: {spec.out_dir / 'compress.md'}, plot: {spec.out_dir / 'compress.png'}")
     return summary
 
 
-def _summary(spec: CompressSpec, study, screen: Screen, table, final: dict[str, Any], relative) -> dict[str, Any]:
-    trials = completed(study)
+def _summary(
+    spec: CompressSpec, studies: SearchStudies, screen: Screen, table, final: dict[str, Any], relative
+) -> dict[str, Any]:
+    trials = studies.completed()
     teacher_val = next((t.user_attrs[TEACHER_VAL] for t in trials if t.user_attrs.get(TEACHER_VAL) is not None), None)
     return {
         "budget": spec.budget.describe(),
@@ -74,7 +76,7 @@ def _summary(spec: CompressSpec, study, screen: Screen, table, final: dict[str, 
         "screened_within_budget": sum(1 for row in screen.rows.values() if not row["misses"]),
         "candidates_trained": len({t.user_attrs.get(CANDIDATE) for t in trials}),
         "runs": len(trials),
-        "search_minutes": float(study.user_attrs.get(USED, 0.0)) / 60,
+        "search_minutes": float(studies.sampling.user_attrs.get(USED, 0.0)) / 60,
         "teacher_live_samples_search": sum(int(t.user_attrs.get(TEACHER_LIVE) or 0) for t in trials),
         "teacher_split_passes_search": sum(int(t.user_attrs.get(TEACHER_PASSES) or 0) for t in trials),
         "front": sorted(c.candidate for c in table if c.front),

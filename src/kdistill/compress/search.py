@@ -279,17 +279,39 @@ class Screen:
 # ----------------------------------------------------------------------------- the search
 
 
-def load_study(spec: CompressSpec, worker: int = 0) -> optuna.Study:
-    """The search's study (created on first use); each worker's sampler has its own seed."""
+@dataclass
+class SearchStudies:
+    """The search's two Optuna studies in one storage. ``sampling`` holds each candidate's first rung: the results
+    TPE learns from are all of one fidelity (a promoted candidate's longer runs, more accurate for their epochs alone,
+    would pull the sampler towards whatever was promoted). ``promotions`` holds the later rungs, replayed settings
+    that are never sampled."""
+
+    sampling: optuna.Study
+    promotions: optuna.Study
+
+    def trials(self, states: tuple[optuna.trial.TrialState, ...]) -> list[optuna.trial.FrozenTrial]:
+        return [
+            t for study in (self.sampling, self.promotions) for t in study.get_trials(deepcopy=False, states=states)
+        ]
+
+    def completed(self) -> list[optuna.trial.FrozenTrial]:
+        return self.trials((optuna.trial.TrialState.COMPLETE,))
+
+
+def load_studies(spec: CompressSpec, worker: int = 0) -> SearchStudies:
+    """The search's studies (created on first use); each worker's sampler has its own seed."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage, name = open_storage(spec.storage_url), f"compress-{spec.out_dir.resolve().name}"
     sampler = optuna.samplers.TPESampler(seed=spec.config.seed + 1000 * worker, multivariate=True, n_startup_trials=8)
-    return optuna.create_study(
-        study_name=f"compress-{spec.out_dir.resolve().name}",
-        storage=open_storage(spec.storage_url),
-        directions=["maximize", "minimize"],
-        load_if_exists=True,
-        sampler=sampler,
+    directions = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    sampling = optuna.create_study(
+        study_name=name, storage=storage, directions=directions, load_if_exists=True, sampler=sampler
     )
+    promotions = optuna.create_study(
+        study_name=f"{name}-promotions", storage=storage, directions=directions, load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(seed=spec.config.seed),  # never used: every trial there is enqueued
+    )  # fmt: skip
+    return SearchStudies(sampling, promotions)
 
 
 def _alive(owner: Any) -> bool:
@@ -315,10 +337,6 @@ def requeue_abandoned(study: optuna.Study) -> int:
             study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
             count += 1
     return count
-
-
-def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
 
 def pareto_ranks(points: list[tuple[float, float]]) -> list[int]:
@@ -365,12 +383,12 @@ def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
 
 
-def next_promotion(spec: CompressSpec, study: optuna.Study, rungs: list[int]) -> tuple[dict, dict] | None:
+def next_promotion(spec: CompressSpec, studies: SearchStudies, rungs: list[int]) -> tuple[dict, dict] | None:
     """(params, attrs) of the next candidate to promote, not yet promoted: the top 1/eta of its rung in Pareto order
     (multi-objective ASHA, Schmucker et al., arXiv:2106.12639, with NSGA-II's ordering: :func:`promotion_order` on
     validation accuracy and the primary quantity), so the cheap end of the trade-off reaches the last rung too."""
     states = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
-    trials = study.get_trials(deepcopy=False, states=states)  # read once: this runs at every claim
+    trials = studies.trials(states)  # read once: this runs at every claim
     taken = {(t.user_attrs.get(CANDIDATE), t.user_attrs.get(RUNG)) for t in trials}
     finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values[0] >= 0]
     for rung in range(len(rungs) - 1):
@@ -411,7 +429,7 @@ class Search:
 
     def __init__(self, spec: CompressSpec, screen: Screen, log: Log, deadline: float | None, worker: int = 0) -> None:
         self.spec, self.screen, self.log, self.deadline = spec, screen, log, deadline
-        self.study = load_study(spec, worker)
+        self.studies = load_studies(spec, worker)
         self.rungs = spec.space.rungs(spec.config.train.epochs)
 
     def over(self) -> bool:
@@ -419,24 +437,30 @@ class Search:
         if self.deadline is not None and time.time() >= self.deadline:
             return True
         trained = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
-        names = {t.user_attrs.get(CANDIDATE) for t in self.study.get_trials(deepcopy=False, states=trained)}
+        names = {t.user_attrs.get(CANDIDATE) for t in self.studies.sampling.get_trials(deepcopy=False, states=trained)}
         return self.spec.max_candidates is not None and len(names - {None}) >= self.spec.max_candidates
 
     def claim(self) -> optuna.Trial | None:
         """The next trial to run, decided and claimed under the output directory's lock: an interrupted run, else
         a promotion (not after the deadline), else a new candidate (not after either limit); None: stop."""
         with claim_lock_in(self.spec.out_dir):
-            waiting = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-            if not waiting:
-                promotion = next_promotion(self.spec, self.study, self.rungs)
-                timed_out = self.deadline is not None and time.time() >= self.deadline
-                if (promotion is None and self.over()) or (promotion is not None and timed_out):
-                    return None
-                if promotion is not None:
-                    self.study.enqueue_trial(promotion[0], user_attrs=promotion[1])
-            trial = self.study.ask()
-            trial.set_user_attr(OWNER, [socket.gethostname(), os.getpid()])
-            return trial
+            for study in (self.studies.promotions, self.studies.sampling):
+                if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+                    return self._ask(study)
+            promotion = next_promotion(self.spec, self.studies, self.rungs)
+            timed_out = self.deadline is not None and time.time() >= self.deadline
+            if (promotion is None and self.over()) or (promotion is not None and timed_out):
+                return None
+            if promotion is None:
+                return self._ask(self.studies.sampling)
+            self.studies.promotions.enqueue_trial(promotion[0], user_attrs=promotion[1])
+            return self._ask(self.studies.promotions)
+
+    @staticmethod
+    def _ask(study: optuna.Study) -> optuna.Trial:
+        trial = study.ask()
+        trial.set_user_attr(OWNER, [socket.gethostname(), os.getpid()])
+        return trial
 
     def run(self) -> None:
         while (trial := self.claim()) is not None:
@@ -454,7 +478,7 @@ class Search:
         primary = primary_value(self.spec, row["measured"], self.screen.meter.teacher)
         if row["misses"]:
             trial.set_user_attr(STOPPED, "over budget: " + "; ".join(row["misses"]))
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            trial.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return
         epochs = self.rungs[rung]
         name = f"{candidate}-r{rung}"
@@ -468,21 +492,22 @@ class Search:
         if isinstance(result, str):
             self.log(f"    {result}")
             trial.set_user_attr(STOPPED, result)
-            self.study.tell(trial, [-1.0, primary])
+            trial.study.tell(trial, [-1.0, primary])
             return
         val = float(result["final_val_acc"])
         trial.set_user_attr(TEACHER_VAL, result.get("teacher_val_acc"))
         trial.set_user_attr(TEACHER_LIVE, int(result.get("teacher_live_samples") or 0))
         trial.set_user_attr(TEACHER_PASSES, int(result.get("teacher_store_misses") or 0))
-        self.study.tell(trial, [val, primary])
+        trial.study.tell(trial, [val, primary])
         self.log(f"    val acc {val:.2f}%")
 
 
-def run_search(spec: CompressSpec, screen: Screen, log: Log, workers: int = 1) -> optuna.Study:
+def run_search(spec: CompressSpec, screen: Screen, log: Log, workers: int = 1) -> SearchStudies:
     """The search in ``workers`` processes (spawned, each with its share of the cores) until its limits; the search
     time is summed over restarts in the study (``--time`` counts it all)."""
-    study = load_study(spec)
-    requeued = requeue_abandoned(study)
+    studies = load_studies(spec)
+    study = studies.sampling
+    requeued = requeue_abandoned(studies.sampling) + requeue_abandoned(studies.promotions)
     if requeued:
         log(f"continuing {requeued} run(s) a stopped search left unfinished")
     used, started = float(study.user_attrs.get(USED, 0.0)), time.time()
@@ -507,7 +532,7 @@ def run_search(spec: CompressSpec, screen: Screen, log: Log, workers: int = 1) -
     study.set_user_attr(USED, used + time.time() - started)
     if deadline is not None and time.time() >= deadline:
         log(f"search time {(used + time.time() - started) / 60:.1f} min reached --time: no new candidate started")
-    return study
+    return studies
 
 
 def _worker(spec: CompressSpec, deadline: float | None, threads: int, index: int) -> None:
@@ -558,11 +583,11 @@ def _candidate(trial: optuna.trial.FrozenTrial, row: dict[str, Any], last_rung: 
     )  # fmt: skip
 
 
-def candidates(spec: CompressSpec, study: optuna.Study, screen: Screen) -> list[Candidate]:
+def candidates(spec: CompressSpec, studies: SearchStudies, screen: Screen) -> list[Candidate]:
     """Every trained candidate at its furthest rung, and every screened architecture over the budget (never trained)."""
     last_rung = len(spec.space.rungs(spec.config.train.epochs)) - 1
     found: dict[str, Candidate] = {}
-    for trial in completed(study):  # trials proposed over the budget are the screened rows below
+    for trial in studies.completed():  # trials proposed over the budget are the screened rows below
         if ARCH not in trial.user_attrs:
             continue
         current = found.get(trial.user_attrs[CANDIDATE])
