@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -70,8 +71,10 @@ NO_TEACHER = {"ce", "dml", "byot"}
 
 
 def run(command: list[str]) -> None:
+    """Print a ``kdistill ...`` command as a user types it, then run it with this Python's kdistill."""
     print("$ " + shlex.join(command), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
+    executable = shutil.which("kdistill") or str(Path(sys.executable).parent / "kdistill")
+    subprocess.run([executable, *command[1:]], check=True, cwd=ROOT)
 
 
 def sweep_command(method: str, out: Path, points: int, workers: int) -> list[str]:

@@ -257,13 +257,14 @@ def _few_label_runs(
 
 def _gain(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
     """Difference of the mean test accuracies ± its standard error, sqrt(s_a^2 / n_a + s_b^2 / n_b)."""
-    (mean_b, std_b), (mean_a, std_a) = (
+    (mean_before, std_before), (mean_after, std_after) = (
         mean_std([s["final_test_acc"] for s in before]),
         mean_std([s["final_test_acc"] for s in after]),
     )
+    difference = f"{mean_after - mean_before:+.2f}"
     if len(before) < 2 or len(after) < 2:
-        return f"{mean_a - mean_b:+.2f}"
-    return f"{mean_a - mean_b:+.2f} ± {(std_b**2 / len(before) + std_a**2 / len(after)) ** 0.5:.2f}"
+        return difference
+    return f"{difference} ± {(std_before**2 / len(before) + std_after**2 / len(after)) ** 0.5:.2f}"
 
 
 def _demo_row(setting: str, model: str, summaries: list[dict[str, Any]], *gains: str) -> list[str]:
