@@ -356,12 +356,14 @@ def crowding_distances(points: list[tuple[float, float]]) -> list[float]:
     """NSGA-II's crowding distance of each point within its set (one Pareto layer): infinite for the two ends, else
     the normalised gap between its neighbours along each objective, summed; a larger one is a less crowded point."""
     distances = [0.0] * len(points)
+    if not points:
+        return distances
     for objective in (0, 1):
         order = sorted(range(len(points)), key=lambda i: points[i][objective])
-        span = points[order[-1]][objective] - points[order[0]][objective] if points else 0.0
+        span = points[order[-1]][objective] - points[order[0]][objective]
         distances[order[0]] = distances[order[-1]] = math.inf
-        for before, here, after in zip(order, order[1:], order[2:]):
-            if span > 0:
+        if span > 0:
+            for before, here, after in zip(order, order[1:], order[2:]):
                 distances[here] += (points[after][objective] - points[before][objective]) / span
     return distances
 
