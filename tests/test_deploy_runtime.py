@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from kdistill.deploy.runtime import (
     write_onnx,
 )
 from kdistill.models import count_parameters
+from kdistill.runtime.timing import calls_per_sample, median_seconds, seconds
 
 DIGITS_SHAPE = (1, 8, 8)
 
@@ -104,6 +107,26 @@ def test_a_far_bigger_model_measures_slower_in_an_interleaved_comparison(runtime
     assert throughput.ratio < 1 / 1.5 and throughput.b < throughput.a
     assert (latency.quantity, latency.batch, latency.pairs) == ("latency_ms", 1, 20)
     assert (throughput.quantity, throughput.batch, throughput.pairs) == ("throughput", 32, 6)
+
+
+def test_a_fast_call_is_timed_in_blocks_of_at_least_the_minimum_sample_and_a_slow_one_alone():
+    calls = []
+
+    def fast() -> None:  # a few microseconds
+        calls.append(sum(range(100)))
+
+    def slow() -> None:
+        time.sleep(0.003)
+
+    number = calls_per_sample(fast, min_seconds=1e-3)
+    assert number > 10 and seconds(fast, number) * number >= 0.5e-3  # a block lasts about the minimum
+    assert calls_per_sample(slow, min_seconds=1e-3) == 1
+    calls.clear()
+    per_call = median_seconds(fast, repeats=4, warmup=2)
+    # 2 warm-up calls, calibrating blocks of 1, 2, ..., n calls three times each, then 4 timed blocks of n calls
+    assert any(len(calls) == 2 + 3 * (2 * n - 1) + 4 * n for n in (2**k for k in range(4, 14)))
+    assert 0 < per_call < 1e-4
+    assert 0.003 <= median_seconds(slow, repeats=2, warmup=0) < 0.05
 
 
 def test_cuda_without_a_gpu_is_refused_naming_the_other_runtimes(monkeypatch):

@@ -9,10 +9,11 @@ Runtime CPU"). A :class:`Deployable` is a model turned once into what a :class:`
 - ``torch``: a frozen copy of the model, eager on the CPU under ``torch.inference_mode``;
 - ``cuda``: the same on a CUDA GPU, ``torch.cuda.synchronize`` closing every timed call.
 
-Timing is warm-up calls, then the median of repeated calls on a fixed random batch
-(:func:`kdistill.runtime.timing.median_seconds`, the timer ``kdistill compare`` uses too).
-A relative budget is checked with :func:`measure_interleaved`: the two models are timed alternately (a, b, b, a, ...)
-and the median of the paired ratios b / a is taken, so a burst of load on a shared machine hits both sides of a pair.
+Timing is warm-up calls, then the median of repeated samples on a fixed random batch, a sample being a block of calls
+lasting at least a millisecond (:func:`kdistill.runtime.timing.median_seconds`, the timer ``kdistill compare`` uses
+too). A relative budget is checked with :func:`measure_interleaved`: the two models are timed alternately (a, b, b,
+a, ...) and the median of the paired ratios b / a is taken, so a burst of load on a shared machine hits both sides of
+a pair.
 
 Export speed. The search screens tens of candidates, so :func:`write_onnx` uses the faster exporter that gives a
 correct model: the TorchScript-based one (``torch.onnx.export(dynamo=False)``, deprecated but working in torch 2.14.1),
@@ -61,7 +62,7 @@ from torch import Tensor, nn
 from kdistill.contracts import CheckpointError, ConfigError
 from kdistill.deploy.export import onnx_program
 from kdistill.models import count_parameters
-from kdistill.runtime.timing import TimedCall, check_counts, median_seconds, seconds
+from kdistill.runtime.timing import TimedCall, calls_per_sample, check_counts, median_seconds, seconds
 
 RUNTIMES = {
     "onnxruntime": "ONNX Runtime, CPU execution provider, on the model exported to ONNX once",
@@ -501,7 +502,8 @@ def _both_timing(a: Deployable, b: Deployable) -> Iterator[None]:
 def measure_interleaved(
     a: Deployable, b: Deployable, quantity: str = "latency_ms", batch: int = 1, repeats: int = 30, warmup: int = 5
 ) -> Interleaved:
-    """Time ``a`` and ``b`` alternately (a, b, b, a, a, b, ...: ``repeats`` pairs after ``warmup`` untimed ones)
+    """Time ``a`` and ``b`` alternately (a, b, b, a, a, b, ...: ``repeats`` pairs after ``warmup`` untimed ones; each
+    side a block of calls lasting at least :data:`kdistill.runtime.timing.MIN_SAMPLE_S`)
     and return both medians and the median of the per-pair ratios b / a (see :class:`Interleaved`)."""
     if quantity not in QUANTITIES:
         raise ConfigError(f"unknown quantity {quantity!r}; choose one of {', '.join(QUANTITIES)}")
@@ -512,13 +514,14 @@ def measure_interleaved(
         for _ in range(warmup):
             call_a()
             call_b()
+        number_a, number_b = calls_per_sample(call_a), calls_per_sample(call_b)
         for pair in range(repeats):
             if pair % 2 == 0:
-                seconds_a.append(seconds(call_a))
-                seconds_b.append(seconds(call_b))
+                seconds_a.append(seconds(call_a, number_a))
+                seconds_b.append(seconds(call_b, number_b))
             else:
-                seconds_b.append(seconds(call_b))
-                seconds_a.append(seconds(call_a))
+                seconds_b.append(seconds(call_b, number_b))
+                seconds_a.append(seconds(call_a, number_a))
     if quantity == "latency_ms":
         ratios = [time_b / time_a for time_a, time_b in zip(seconds_a, seconds_b)]
         values = (1000.0 * statistics.median(seconds_a), 1000.0 * statistics.median(seconds_b))
