@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,14 +26,30 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+# Optuna creates a new database's tables and its schema-version row by check-then-create: processes opening a new
+# database at once (the workers of a search, machines starting together, a reader of the study) collide with "table
+# ... already exists" or a duplicate alembic_version row; measured with 4 processes opening a new SQLite file at a
+# barrier, 8 rounds in 10 failed. The loser opens it again once the winner has created it.
+CREATION_RACE = ("already exists", "UNIQUE constraint failed: alembic_version", "duplicate key value")
+OPEN_ATTEMPTS = 6
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The study database, connected now: an unreachable server or a missing driver fails before any trial."""
+    """The study database, connected now: an unreachable server or a missing driver fails before any trial; a
+    database another process is creating at the same moment is opened again (see :data:`CREATION_RACE`)."""
     import optuna
 
     options: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         options["connect_args"] = {"timeout": 120}  # writers wait for each other instead of failing
     try:
+        for attempt in range(OPEN_ATTEMPTS - 1):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=options)
+            except Exception as error:
+                if not any(text in str(error) for text in CREATION_RACE):
+                    raise
+                time.sleep(0.1 * 2**attempt)
         return optuna.storages.RDBStorage(url, engine_kwargs=options)
     except ModuleNotFoundError as error:
         hint = (
