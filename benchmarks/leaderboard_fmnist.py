@@ -12,8 +12,12 @@ header holds its sweep command): they are the documentation.
 
     python benchmarks/leaderboard_fmnist.py --out runs/leaderboard --table docs/results/leaderboard_fmnist.md
 
-Run it again to continue: finished sweep points and finished final runs are not repeated. The teacher is
-``runs/fmnist_teacher_cnn`` (``kdistill train --config configs/fashion_mnist/ce_cnn.yaml``), trained first if missing.
+Run it again to continue: finished sweep points and finished final runs are not repeated. Each finished method's
+record (chosen point, search cost, every seed's test accuracy and wall time, the CPU they ran on) is kept next to the
+table (``leaderboard_fmnist.json``), so the table survives a lost ``runs/`` directory and a continuation on another
+machine: a recorded method is not run again (``--fresh`` ignores the records), and one recorded without seeds (its
+sweep's runs were lost) reruns only its chosen config's seeds. The teacher is ``runs/fmnist_teacher_cnn``
+(``kdistill train --config configs/fashion_mnist/ce_cnn.yaml``), trained first if missing.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import platform
 import shlex
 import shutil
 import subprocess
@@ -141,8 +146,8 @@ def final_runs(method: str, config: Path, out: Path, seeds: int) -> list[dict[st
     directory = out / "final"
     done = [directory / f"leaderboard_{method}-seed{seed}" / "summary.json" for seed in range(seeds)]
     if not all(path.is_file() for path in done):
-        verb = "train" if method in NO_TEACHER else "distill"
-        run(["kdistill", verb, "--config", str(config.relative_to(ROOT)), "--trials", str(seeds),
+        verb = "train" if method in NO_TEACHER else "distill"  # --resume below continues a killed seed
+        run(["kdistill", verb, "--config", str(config.relative_to(ROOT)), "--trials", str(seeds), "--resume",
              "--set", f"output_dir={directory}", "--set", "train.progress=false"])  # fmt: skip
     return [json.loads(path.read_text()) for path in done]
 
@@ -164,7 +169,7 @@ def shown(a: list[float], b: list[float]) -> str:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    accuracy = {method: [s["final_test_acc"] for s in r["summaries"]] for method, r in results.items()}
+    accuracy = {method: [s["final_test_acc"] for s in r["seeds"]] for method, r in results.items()}
     ranked = sorted(results, key=lambda method: -mean_std(accuracy[method])[0])
     rows = []
     for rank, method in enumerate(ranked, 1):
@@ -173,7 +178,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             f"{key.split('.', 1)[1]} {value:.3g}" if isinstance(value, float) else f"{key.split('.', 1)[1]} {value}"
             for key, value in result["point"]["values"].items()
         )
-        wall = mean_std([s["wall_time_s"] for s in result["summaries"]])[0]
+        wall = mean_std([s["wall_time_s"] for s in result["seeds"]])[0]
         rows.append([
             rank, method, METHODS[method][0], format_mean_std(accuracy[method]),
             "-" if method == "ce" else shown(accuracy["ce"], accuracy[method]),
@@ -185,6 +190,20 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return markdown_table(headers, rows)
 
 
+def cpu_name() -> str:
+    """The CPU model (timings in the table are only comparable on one)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def load_records(path: Path) -> dict[str, dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/leaderboard")
@@ -193,24 +212,36 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the chosen point's rerun")
     parser.add_argument("--workers", type=int, default=2, help="sweep worker processes")
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--fresh", action="store_true", help="ignore the recorded methods and run every one again")
     args = parser.parse_args()
-    out = Path(args.out)
+    out, table_path = Path(args.out), Path(args.table)
+    records_path = table_path.with_suffix(".json")
+    records = {} if args.fresh else load_records(records_path)
     if not (ROOT / TEACHER / "summary.json").is_file():
         run(["kdistill", "train", "--config", "configs/fashion_mnist/ce_cnn.yaml"])
-    results: dict[str, dict[str, Any]] = {}
     for method in args.methods:
+        record = records.get(method)
+        if record is not None and record.get("seeds"):
+            print(f"{method}: recorded in {records_path}, not run again (--fresh runs it)", flush=True)
+            continue
         command = sweep_command(method, out, args.points, args.workers)
-        run(command)
-        point = chosen_point(out / "sweeps" / method)
-        config = write_chosen(method, command, point)
+        if record is None:  # sweep, then the chosen point's seeds
+            run(command)
+            sweep_dir = out / "sweeps" / method
+            record = {"point": chosen_point(sweep_dir), "search_s": search_seconds(sweep_dir), "search_cpu": cpu_name()}
+        config = write_chosen(method, command, record["point"])
         summaries = final_runs(method, config, out, args.seeds)
-        write_chosen(method, command, point, summaries)
-        results[method] = {"point": point, "summaries": summaries, "search_s": search_seconds(out / "sweeps" / method)}
+        write_chosen(method, command, record["point"], summaries)
+        record["seeds"] = [{key: s[key] for key in ("final_test_acc", "wall_time_s")} for s in summaries]
+        record["cpu"] = cpu_name()
+        records[method] = record
         print(f"{method}: test {format_mean_std([s['final_test_acc'] for s in summaries])}", flush=True)
-        if {"ce", "kd"} <= set(results):  # the table so far, after every method (its columns need both)
-            Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.table).write_text(table(results) + "\n")
-    print(table(results))
+        table_path.parent.mkdir(parents=True, exist_ok=True)
+        records_path.write_text(json.dumps(records, indent=1) + "\n")
+        finished = {name: r for name, r in records.items() if r.get("seeds")}
+        if {"ce", "kd"} <= set(finished):  # the table so far, after every method (its columns need both)
+            table_path.write_text(table(finished) + "\n")
+    print(table({name: r for name, r in records.items() if r.get("seeds")}))
     return 0
 
 
