@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from kdistill.report.tables import format_mean_std, markdown_table, mean_std
+from kdistill.report.tables import format_mean_std, markdown_table, mean_difference, mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs/fashion_mnist/leaderboard.yaml"
@@ -142,28 +142,29 @@ def write_chosen(
     return path
 
 
+def seed_summaries(directory: Path, name: str, seeds: int, command: list[str]) -> list[dict[str, Any]]:
+    """The summaries of ``<directory>/<name>-seed<N>`` for N < ``seeds``, running ``command`` (a ``--trials`` command
+    with ``--resume``, which continues a killed seed) first when any of them is missing."""
+    done = [directory / f"{name}-seed{seed}" / "summary.json" for seed in range(seeds)]
+    if not all(path.is_file() for path in done):
+        run(command)
+    return [json.loads(path.read_text()) for path in done]
+
+
 def final_runs(method: str, config: Path, out: Path, seeds: int) -> list[dict[str, Any]]:
     directory = out / "final"
-    done = [directory / f"leaderboard_{method}-seed{seed}" / "summary.json" for seed in range(seeds)]
-    if not all(path.is_file() for path in done):
-        verb = "train" if method in NO_TEACHER else "distill"  # --resume below continues a killed seed
-        run(["kdistill", verb, "--config", str(config.relative_to(ROOT)), "--trials", str(seeds), "--resume",
-             "--set", f"output_dir={directory}", "--set", "train.progress=false"])  # fmt: skip
-    return [json.loads(path.read_text()) for path in done]
+    verb = "train" if method in NO_TEACHER else "distill"
+    command = ["kdistill", verb, "--config", str(config.relative_to(ROOT)), "--trials", str(seeds), "--resume",
+               "--set", f"output_dir={directory}", "--set", "train.progress=false"]  # fmt: skip
+    return seed_summaries(directory, f"leaderboard_{method}", seeds, command)
 
 
 def search_seconds(sweep_dir: Path) -> float:
     return sum(json.loads(path.read_text())["wall_time_s"] for path in sweep_dir.glob("runs/*/summary.json"))
 
 
-def difference(a: list[float], b: list[float]) -> tuple[float, float]:
-    """mean(b) - mean(a) and its standard error sqrt(s_a^2 / n_a + s_b^2 / n_b)."""
-    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
-    return mean_b - mean_a, (std_a**2 / len(a) + std_b**2 / len(b)) ** 0.5
-
-
 def shown(a: list[float], b: list[float]) -> str:
-    delta, error = difference(a, b)
+    delta, error = mean_difference(a, b)
     noise = " (noise)" if abs(delta) < 2 * error else ""
     return f"{delta:+.2f} ± {error:.2f}{noise}"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.report.tables import format_mean_std, markdown_table, mean_std
-from leaderboard_fmnist import ROOT, chosen_point, run, search_seconds, shown
+from leaderboard_fmnist import ROOT, chosen_point, run, search_seconds, seed_summaries, shown
 
 LR = "optim.lr=5.0e-4,1.0e-3,2.0e-3"
 CNN_TEACHER, VIT_TEACHER = "runs/fmnist_teacher_cnn", "runs/fmnist_teacher_vit"
@@ -79,8 +79,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             f"{result['search_s'] / 60:.1f}",
         ])  # fmt: skip
     headers = ["model", "parameters", "seeds", "test acc %", "teacher agreement %", "vs alone (pp)",
-               "chosen val acc %", "chosen settings", "s / run",
-               "search (min)"]  # fmt: skip
+               "chosen val acc %", "chosen settings", "s / run", "search (min)"]  # fmt: skip
     return markdown_table(headers, rows)
 
 
@@ -100,12 +99,9 @@ def main() -> int:
     for arm in ["alone", *(arm for arm in args.arms if arm != "alone")]:  # every row's difference needs the alone
         run(arm_command(arm, out, args.workers))
         point = chosen_point(out / "sweeps" / arm)
-        done = [out / "final" / f"vit_{arm}-seed{seed}" / "summary.json" for seed in range(args.seeds)]
-        if not all(path.is_file() for path in done):
-            run(final_command(arm, point, out, args.seeds))
-        summaries = [json.loads(path.read_text()) for path in done]
+        summaries = seed_summaries(out / "final", f"vit_{arm}", args.seeds, final_command(arm, point, out, args.seeds))
         results[arm] = {"point": point, "summaries": summaries, "search_s": search_seconds(out / "sweeps" / arm)}
-        print(f"{arm}: test {format_mean_std([s['final_test_acc'] for s in results[arm]['summaries']])}", flush=True)
+        print(f"{arm}: test {format_mean_std([s['final_test_acc'] for s in summaries])}", flush=True)
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         Path(args.table).write_text(table(results) + "\n")
     print(table(results))

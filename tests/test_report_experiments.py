@@ -229,3 +229,13 @@ def test_a_whole_config_section_groups_too(tmp_path):
             {"hidden": [16]},
             {"hidden": [8]},
         ]
+
+
+def test_mean_difference_is_the_gain_with_the_standard_error_of_two_independent_means():
+    from kdistill.report.tables import mean_difference
+
+    before, after = [80.0, 81.0, 82.0], [83.0, 85.0]  # means 81 and 84, sample stds 1 and sqrt(2)
+    delta, error = mean_difference(before, after)
+    assert delta == pytest.approx(3.0) and error == pytest.approx(math.sqrt(1 / 3 + 2 / 2))
+    assert mean_difference(after, before)[0] == pytest.approx(-3.0)  # antisymmetric, the same error
+    assert mean_difference([80.0], [81.0]) == (1.0, 0.0)  # a single value has no spread

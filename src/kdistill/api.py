@@ -30,7 +30,7 @@ from kdistill.models.loading import STUDENT_KIND, read_checkpoint, resolve_check
 from kdistill.report.batches import show_batch
 from kdistill.report.experiments import runs_table, write_report
 from kdistill.report.plots import plot_metric
-from kdistill.report.tables import format_mean_std, markdown_table, mean_std
+from kdistill.report.tables import format_mean_std, markdown_table, mean_difference
 from kdistill.track import build_sinks
 
 __all__ = [
@@ -257,14 +257,10 @@ def _few_label_runs(
 
 def _gain(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
     """Difference of the mean test accuracies ± its standard error, sqrt(s_a^2 / n_a + s_b^2 / n_b)."""
-    (mean_before, std_before), (mean_after, std_after) = (
-        mean_std([s["final_test_acc"] for s in before]),
-        mean_std([s["final_test_acc"] for s in after]),
-    )
-    difference = f"{mean_after - mean_before:+.2f}"
+    delta, error = mean_difference([s["final_test_acc"] for s in before], [s["final_test_acc"] for s in after])
     if len(before) < 2 or len(after) < 2:
-        return difference
-    return f"{difference} ± {(std_before**2 / len(before) + std_after**2 / len(after)) ** 0.5:.2f}"
+        return f"{delta:+.2f}"
+    return f"{delta:+.2f} ± {error:.2f}"
 
 
 def _demo_row(setting: str, model: str, summaries: list[dict[str, Any]], *gains: str) -> list[str]:

@@ -28,6 +28,13 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def mean_difference(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
+    """mean(after) - mean(before) and its standard error sqrt(s_b^2 / n_b + s_a^2 / n_a) (sample stds; a side with
+    one value contributes 0)."""
+    (mean_before, std_before), (mean_after, std_after) = mean_std(before), mean_std(after)
+    return mean_after - mean_before, (std_before**2 / len(before) + std_after**2 / len(after)) ** 0.5
+
+
 def format_mean_std(values: Sequence[float], digits: int = 2) -> str:
     mean, std = mean_std(values)
     if math.isnan(mean):
