@@ -60,7 +60,8 @@ def final_command(arm: str, point: dict[str, Any], out: Path, seeds: int) -> lis
 
 def teacher_row(directory: str) -> list[str]:
     summary = json.loads((ROOT / directory / "summary.json").read_text())
-    return [f"teacher {directory.rsplit('_', 1)[1].upper()} ({directory})", f"{summary['params_deployed']:,}", "1",
+    kind = {CNN_TEACHER: "CNN", VIT_TEACHER: "ViT"}[directory]
+    return [f"teacher {kind} ({directory})", f"{summary['params_deployed']:,}", "1",
             f"{summary['final_test_acc']:.2f}", "-", "-", "-", "-", "-", "-"]  # fmt: skip
 
 
