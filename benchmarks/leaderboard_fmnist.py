@@ -6,6 +6,8 @@ TPE points over their own loss weight(s), their temperature where they have one,
 validation accuracy by ``kdistill sweep --search`` (every point trained in full: early validation accuracy at a high
 learning rate is too noisy for median pruning to tell points apart at this budget); the chosen point is written to
 ``configs/fashion_mnist/leaderboard/<method>.yaml`` and rerun with ``--seeds`` seeds.
+At the default 10 points TPE is still in its random start-up (Optuna's ``n_startup_trials``): each method gets a
+seeded random search, and methods whose searched keys have one layout draw the same points (docs/results.md, section 8).
 The table ranks by test accuracy with each method's difference to the student alone and to KD (± its standard
 error), the wall time per run and the search's cost. Every command it runs is printed (and each chosen config's
 header holds its sweep command): they are the documentation.
