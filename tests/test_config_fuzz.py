@@ -119,6 +119,7 @@ OVERRIDE_TEXT = st.one_of(
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(overrides=st.lists(OVERRIDE_TEXT, min_size=1, max_size=3))
+@example(overrides=["student.kwargs=?"])  # YAML's {None: None}: once a TypeError from the model builder
 def test_the_cli_never_gives_a_traceback_on_random_overrides(overrides):
     arguments = ["train", "--set", "student.name=mlp", "--set", "data.name=digits", "--print-config"]
     for text in overrides:
@@ -160,6 +161,12 @@ def test_known_bad_values_are_named(override, message):
         return
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         preflight(config)
+
+
+@pytest.mark.parametrize("override", ["student.kwargs=?", "student.kwargs={1: 8}"])
+def test_builder_options_must_be_named(override):
+    with pytest.raises(ConfigError, match=r"student.kwargs \(a key\): expected a string, got (None|1)"):
+        load_config(base=BASE, overrides=[override])
 
 
 def test_every_problem_is_reported_at_once():

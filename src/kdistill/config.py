@@ -271,7 +271,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        key_type, value_type = typing.get_args(tp) or (Any, Any)
+        # keys are checked too: YAML reads `kwargs=?` as {None: None}, which no builder takes as keyword arguments
+        return {
+            _convert(key, key_type, f"{where} (a key)"): _convert(item, value_type, f"{where}.{key}")
+            for key, item in value.items()
+        }
     if tp is float:
         if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string: accept numeric text
             try:
