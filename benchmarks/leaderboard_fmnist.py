@@ -207,6 +207,11 @@ def load_records(path: Path) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def finished(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The records whose chosen point's seeds ran (the ones the table shows)."""
+    return {name: record for name, record in records.items() if record.get("seeds")}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/leaderboard")
@@ -241,10 +246,9 @@ def main() -> int:
         print(f"{method}: test {format_mean_std([s['final_test_acc'] for s in summaries])}", flush=True)
         table_path.parent.mkdir(parents=True, exist_ok=True)
         records_path.write_text(json.dumps(records, indent=1) + "\n")
-        finished = {name: r for name, r in records.items() if r.get("seeds")}
-        if {"ce", "kd"} <= set(finished):  # the table so far, after every method (its columns need both)
-            table_path.write_text(table(finished) + "\n")
-    print(table({name: r for name, r in records.items() if r.get("seeds")}))
+        if {"ce", "kd"} <= set(finished(records)):  # the table so far, after every method (its columns need both)
+            table_path.write_text(table(finished(records)) + "\n")
+    print(table(finished(records)))
     return 0
 
 
